@@ -1,0 +1,107 @@
+-- The engine's tables. The file-execution row is the job: its claim, lease, result and the
+-- execution's counters change in the same transactions, so there is no second store to disagree.
+
+CREATE TABLE unstuck.organizations (
+  id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  name       text NOT NULL UNIQUE,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO unstuck.organizations (name) VALUES ('default');
+
+CREATE TABLE unstuck.workflows (
+  id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  organization_id bigint NOT NULL REFERENCES unstuck.organizations,
+  name            text NOT NULL,
+  -- The resolved definition (absolute paths), so any worker can run it.
+  definition      jsonb NOT NULL,
+  definition_hash text NOT NULL,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (organization_id, name, definition_hash)
+);
+
+CREATE TABLE unstuck.workflow_executions (
+  id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  organization_id  bigint NOT NULL REFERENCES unstuck.organizations,
+  workflow_id      bigint NOT NULL REFERENCES unstuck.workflows,
+  status           text NOT NULL DEFAULT 'PENDING'
+                   CHECK (status IN ('PENDING', 'EXECUTING', 'COMPLETED', 'ERROR', 'STOPPED')),
+  total            integer NOT NULL DEFAULT 0,
+  completed        integer NOT NULL DEFAULT 0,
+  failed           integer NOT NULL DEFAULT 0,
+  stopped          integer NOT NULL DEFAULT 0,
+  stop_requested   boolean NOT NULL DEFAULT false,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  started_at       timestamptz,
+  finished_at      timestamptz,
+  CHECK (completed + failed + stopped <= total)
+);
+CREATE INDEX workflow_executions_org ON unstuck.workflow_executions (organization_id, id DESC);
+CREATE INDEX workflow_executions_active ON unstuck.workflow_executions (id)
+  WHERE status IN ('PENDING', 'EXECUTING');
+
+CREATE TABLE unstuck.file_executions (
+  id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  organization_id  bigint NOT NULL REFERENCES unstuck.organizations,
+  execution_id     bigint NOT NULL REFERENCES unstuck.workflow_executions ON DELETE CASCADE,
+  path             text NOT NULL,
+  size_bytes       bigint NOT NULL,
+  sha256           text,
+  status           text NOT NULL DEFAULT 'PENDING'
+                   CHECK (status IN ('PENDING', 'EXECUTING', 'COMPLETED', 'ERROR', 'STOPPED')),
+  -- Fences every transition: a worker may only finish the attempt it claimed.
+  attempt          integer NOT NULL DEFAULT 1,
+  max_attempts     integer NOT NULL,
+  lease_seconds    real NOT NULL,
+  available_at     timestamptz NOT NULL DEFAULT now(),
+  lease_owner      text,
+  lease_expires_at timestamptz,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  started_at       timestamptz,
+  finished_at      timestamptz,
+  step_timings     jsonb,
+  error            text,
+  UNIQUE (execution_id, path)
+);
+-- The claim reads the oldest available PENDING rows and the sweep the expired EXECUTING ones;
+-- both are partial indexes so neither query looks at the rest of the backlog.
+CREATE INDEX file_executions_claim ON unstuck.file_executions (available_at, id) WHERE status = 'PENDING';
+CREATE INDEX file_executions_lease ON unstuck.file_executions (lease_expires_at) WHERE status = 'EXECUTING';
+CREATE INDEX file_executions_execution_status ON unstuck.file_executions (execution_id, status);
+
+CREATE TABLE unstuck.file_results (
+  file_execution_id bigint PRIMARY KEY REFERENCES unstuck.file_executions ON DELETE CASCADE,
+  organization_id   bigint NOT NULL REFERENCES unstuck.organizations,
+  execution_id      bigint NOT NULL REFERENCES unstuck.workflow_executions ON DELETE CASCADE,
+  result            jsonb NOT NULL,
+  created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX file_results_execution ON unstuck.file_results (execution_id);
+
+-- The state machine, in one place. COMPLETED and STOPPED are final; ERROR goes back to
+-- PENDING only through an explicit retry, which starts a new attempt.
+CREATE TABLE unstuck.file_transitions (
+  from_status text NOT NULL,
+  to_status   text NOT NULL,
+  PRIMARY KEY (from_status, to_status)
+);
+INSERT INTO unstuck.file_transitions VALUES
+  ('PENDING', 'EXECUTING'), ('PENDING', 'STOPPED'), ('PENDING', 'ERROR'),
+  ('EXECUTING', 'COMPLETED'), ('EXECUTING', 'ERROR'), ('EXECUTING', 'STOPPED'),
+  ('EXECUTING', 'PENDING'), ('ERROR', 'PENDING');
+
+CREATE FUNCTION unstuck.guard_file_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM unstuck.file_transitions
+                 WHERE from_status = OLD.status AND to_status = NEW.status)
+     OR (OLD.status = 'ERROR' AND NEW.attempt <= OLD.attempt) THEN
+    RAISE EXCEPTION 'file execution % cannot go from % to %', OLD.id, OLD.status, NEW.status
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END $$;
+
+-- Heartbeats (EXECUTING to EXECUTING, status unchanged) skip the trigger.
+CREATE TRIGGER file_executions_guard
+  BEFORE UPDATE OF status ON unstuck.file_executions
+  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+  EXECUTE FUNCTION unstuck.guard_file_transition();

@@ -1,0 +1,70 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from '../log.js';
+import type { ResolvedWorkflow } from '../workflow/definition.js';
+import { writeResultFile } from '../workflow/output-folder.js';
+import { FileRejectedError, readConfinedFile } from '../workflow/read-file.js';
+import { createStepFile, messageOf, runSteps, StepError } from '../workflow/steps.js';
+import { BinaryFileError } from '../workflow/decode-text.js';
+import type { ClaimedFile, Outcome } from './queue.js';
+
+/**
+ * Takes one claimed file through its workflow and says how it went. It never throws: every
+ * failure becomes an outcome with its reason, so one bad file cannot stop the others.
+ */
+export async function processFile(
+  workflow: ResolvedWorkflow,
+  file: ClaimedFile,
+  log: Logger,
+): Promise<Outcome> {
+  const { source, outputFolder } = workflow;
+  const { options } = workflow.definition;
+  const base = { id: file.id, attempt: file.attempt, sha256: null, result: null, timings: {} };
+  let content: Buffer;
+  try {
+    content = await readConfinedFile(source.path, file.path, source.maxFileSize);
+  } catch (error) {
+    return failed(
+      base,
+      error,
+      !(error instanceof FileRejectedError),
+      options.retryDelaySeconds,
+      file.attempt,
+    );
+  }
+  const sha256 = createHash('sha256').update(content).digest('hex');
+  try {
+    const { output, timings } = await runSteps(
+      workflow.steps,
+      createStepFile(file.path, content),
+      file.attempt,
+      log,
+    );
+    if (outputFolder) await writeResultFile(outputFolder, file.path, output);
+    return {
+      ...base,
+      ok: true,
+      retryable: false,
+      sha256,
+      result: output,
+      timings,
+      error: null,
+      retryDelaySeconds: 0,
+    };
+  } catch (error) {
+    // A binary file stays binary however often it is read: no point in another attempt.
+    const retryable = !(error instanceof StepError && error.cause instanceof BinaryFileError);
+    return { ...failed(base, error, retryable, options.retryDelaySeconds, file.attempt), sha256 };
+  }
+}
+
+function failed(
+  base: Pick<Outcome, 'id' | 'attempt' | 'sha256' | 'result' | 'timings'>,
+  error: unknown,
+  retryable: boolean,
+  retryDelaySeconds: number,
+  attempt: number,
+): Outcome {
+  // Doubling per attempt, capped: a step that fails for a passing reason gets room to recover.
+  const delay = Math.min(300, retryDelaySeconds * 2 ** (attempt - 1));
+  return { ...base, ok: false, retryable, error: messageOf(error), retryDelaySeconds: delay };
+}

@@ -1,0 +1,240 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Database } from '../db/database.js';
+import { log as rootLog, type Logger } from '../log.js';
+import { processFile } from './process-file.js';
+import {
+  claimFiles,
+  finishFiles,
+  handBack,
+  heartbeat,
+  type ClaimedFile,
+  type FinishReport,
+  type HeldFile,
+  type Outcome,
+} from './queue.js';
+import { sweep } from './recovery.js';
+import { WorkflowCache } from './workflows.js';
+
+export interface WorkerOptions {
+  /** Files processed at once. */
+  concurrency: number;
+  /** Claimed ahead of free slots, so a slot never waits for a claim round trip. */
+  prefetch?: number;
+  /** Only this execution's files (a `run` process); any execution's when absent. */
+  executionId?: string;
+  /** How long to wait for new work when the last claim found none. */
+  pollIntervalMs?: number;
+  /** How often this worker looks for expired leases. */
+  sweepIntervalMs?: number;
+  /** On stop, how long files already running may take to finish before they are handed back. */
+  graceMs?: number;
+  log?: Logger;
+  onFinished?: (report: FinishReport) => void;
+}
+
+// Recording finished work is worth waiting out a failover: the steps already ran.
+const durable = { budgetMs: 10 * 60_000, maxRetries: 1000 };
+
+/**
+ * Claims files, keeps their leases alive, runs them, and records the outcomes in batches that
+ * share one commit. Also sweeps for expired leases, so any live worker recovers a dead one's work.
+ */
+export class Worker {
+  readonly id = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  private readonly log: Logger;
+  private readonly workflows: WorkflowCache;
+  private readonly queued: ClaimedFile[] = [];
+  private readonly running = new Map<
+    string,
+    { file: ClaimedFile; done: Promise<void>; lost: boolean }
+  >();
+  private readonly outcomes: Outcome[] = [];
+  private recording: Outcome[] = [];
+  private flushing: Promise<void> | undefined;
+  private active = false;
+  private closed = false;
+  private moreWork = false;
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly db: Database,
+    private readonly options: WorkerOptions,
+  ) {
+    this.log = (options.log ?? rootLog).child({ module: 'worker', worker: this.id });
+    this.workflows = new WorkflowCache(db);
+  }
+
+  start(): void {
+    if (this.active) return;
+    this.active = true;
+    this.loop = this.claimLoop();
+    this.scheduleSweep();
+    this.scheduleHeartbeat();
+    this.log.info({ concurrency: this.options.concurrency }, 'worker started');
+  }
+
+  /** Stops claiming, lets running files finish within the grace period, hands back the rest. */
+  async stop(): Promise<void> {
+    if (!this.active) return;
+    this.active = false;
+    this.wake?.();
+    await this.loop;
+    await handBack(this.db, this.id, this.queued.splice(0)).catch((e) => this.warn(e, 'hand back'));
+    await this.settleRunning(this.options.graceMs ?? 10_000);
+    while (this.flushing || this.outcomes.length > 0) await (this.flushing ??= this.flush());
+    this.closed = true;
+    const abandoned = [...this.running.values()].map((r) => r.file);
+    const handedBack = await handBack(this.db, this.id, abandoned).catch((e) =>
+      this.warn(e, 'hand back'),
+    );
+    clearTimeout(this.heartbeatTimer);
+    clearTimeout(this.sweepTimer);
+    this.log.info({ handedBack: abandoned.length ? handedBack : 0 }, 'worker stopped');
+  }
+
+  private async claimLoop(): Promise<void> {
+    const capacity = this.options.concurrency + (this.options.prefetch ?? this.options.concurrency);
+    while (this.active) {
+      const room = capacity - this.queued.length - this.running.size;
+      if (room > 0) {
+        const claimed = await claimFiles(this.db, this.id, room, this.options.executionId).catch(
+          (e) => this.warn(e, 'claim', []),
+        );
+        this.queued.push(...claimed);
+        this.moreWork = claimed.length === room;
+        this.startRunners();
+        if (this.moreWork) continue;
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.options.pollIntervalMs ?? 500);
+        this.wake = () => (clearTimeout(timer), resolve());
+      });
+    }
+  }
+
+  private startRunners(): void {
+    while (this.active && this.running.size < this.options.concurrency && this.queued.length > 0) {
+      const file = this.queued.shift()!;
+      const key = `${file.id}:${file.attempt}`;
+      const entry = { file, lost: false, done: Promise.resolve() };
+      entry.done = this.run(file).then((outcome) => {
+        this.running.delete(key);
+        if (outcome && !entry.lost && !this.closed) this.record(outcome);
+        this.startRunners();
+        if (this.moreWork || this.queued.length === 0) this.wake?.();
+      });
+      this.running.set(key, entry);
+    }
+  }
+
+  private async run(file: ClaimedFile): Promise<Outcome | undefined> {
+    try {
+      const workflow = await this.workflows.get(file.workflowId);
+      return await processFile(workflow, file, this.log);
+    } catch (error) {
+      // Only the database can fail here (loading the workflow); the lease brings the file back.
+      this.warn(error, `load workflow ${file.workflowId}`);
+      return undefined;
+    }
+  }
+
+  private record(outcome: Outcome): void {
+    this.outcomes.push(outcome);
+    this.flushing ??= this.flush();
+  }
+
+  /** Writes outcomes in batches; those arriving during a write go in the next one. */
+  private async flush(): Promise<void> {
+    try {
+      while (this.outcomes.length > 0) {
+        this.recording = this.outcomes.splice(0, 500);
+        await finishFiles(this.db, this.id, this.recording, durable).then(
+          (report) => this.reported(report),
+          (e) =>
+            this.warn(
+              e,
+              `record ${this.recording.length} outcomes; their leases will expire and they run again`,
+            ),
+        );
+      }
+    } finally {
+      this.recording = [];
+      this.flushing = undefined;
+    }
+  }
+
+  private reported(report: FinishReport): void {
+    if (report.fencedOff.length > 0) {
+      this.log.warn(
+        { files: report.fencedOff.map((f) => f.id) },
+        'fenced off: another attempt owns these files; result dropped',
+      );
+    }
+    for (const e of report.finalized)
+      this.log.info({ execution: e.id, status: e.status }, 'execution finished');
+    this.options.onFinished?.(report);
+  }
+
+  private held(): HeldFile[] {
+    return [
+      ...this.queued,
+      ...[...this.running.values()].map((r) => r.file),
+      ...this.outcomes,
+      ...this.recording,
+    ];
+  }
+
+  private scheduleHeartbeat(): void {
+    const leases = [...this.queued, ...[...this.running.values()].map((r) => r.file)].map(
+      (f) => f.leaseSeconds,
+    );
+    const interval = (Math.min(30, ...leases) * 1000) / 3;
+    this.heartbeatTimer = setTimeout(async () => {
+      const lost = await heartbeat(this.db, this.id, this.held()).catch((e) =>
+        this.warn(e, 'heartbeat', []),
+      );
+      if (lost.length > 0) this.dropLost(lost);
+      if (!this.closed) this.scheduleHeartbeat();
+    }, interval);
+  }
+
+  private dropLost(lost: HeldFile[]): void {
+    const keys = new Set(lost.map((f) => `${f.id}:${f.attempt}`));
+    this.log.warn(
+      { files: lost.map((f) => f.id) },
+      'lease lost: another worker took these files over',
+    );
+    for (const [key, entry] of this.running) if (keys.has(key)) entry.lost = true;
+    const kept = this.queued.filter((f) => !keys.has(`${f.id}:${f.attempt}`));
+    this.queued.splice(0, this.queued.length, ...kept);
+  }
+
+  private scheduleSweep(): void {
+    this.sweepTimer = setTimeout(async () => {
+      const report = await sweep(this.db).catch((e) =>
+        this.warn(e, 'sweep expired leases', undefined),
+      );
+      if (report && report.requeued + report.ended + report.finalized > 0) {
+        this.log.info(report, 'recovered expired leases');
+        this.wake?.();
+      }
+      if (this.active) this.scheduleSweep();
+    }, this.options.sweepIntervalMs ?? 5000);
+  }
+
+  private async settleRunning(graceMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise((resolve) => (timer = setTimeout(resolve, graceMs)));
+    await Promise.race([Promise.all([...this.running.values()].map((r) => r.done)), grace]);
+    clearTimeout(timer);
+  }
+
+  private warn<T>(error: unknown, what: string, fallback?: T): T {
+    this.log.error({ err: error }, `worker could not ${what}`);
+    return fallback as T;
+  }
+}

@@ -1,0 +1,131 @@
+import { loadConfig, redactedConfig, type Config } from './config.js';
+import { Database, databaseOptions } from './db/database.js';
+import { startEmbeddedDefault, type EmbeddedDefault } from './db/embedded-default.js';
+import { migrate } from './db/migrate.js';
+import {
+  getExecution,
+  listExecutions,
+  listFileExecutions,
+  organizationScope,
+  retryExecution,
+  stopExecution,
+  submitExecution,
+  terminal,
+  type ExecutionSummary,
+  type Scope,
+  type Status,
+} from './engine/executions.js';
+import { Worker, type WorkerOptions } from './engine/worker.js';
+import { log, setLogLevel } from './log.js';
+import {
+  parseWorkflow,
+  resolveWorkflow,
+  type WorkflowDefinition,
+  type WorkflowInput,
+} from './workflow/definition.js';
+
+export interface OpenOptions {
+  /** Settings; read from the environment (and validated) when absent. */
+  config?: Config;
+  /** The organization whose data this handle sees. Default "default". */
+  organization?: string;
+  /** Apply pending migrations on open. Default true. */
+  migrate?: boolean;
+}
+
+export interface WaitOptions {
+  onProgress?: (summary: ExecutionSummary) => void;
+  intervalMs?: number;
+}
+
+/**
+ * The library's front door: one handle on one database (yours, or the embedded default) for
+ * one organization. The CLI is built on it too.
+ */
+export class Unstuck {
+  private constructor(
+    readonly db: Database,
+    readonly scope: Scope,
+    readonly config: Config,
+    private readonly embedded: EmbeddedDefault | undefined,
+  ) {}
+
+  static async open(options: OpenOptions = {}): Promise<Unstuck> {
+    const config = options.config ?? loadConfig();
+    setLogLevel(config.logLevel);
+    log.info({ config: redactedConfig(config) }, 'effective configuration');
+    const embedded = config.databaseUrl ? undefined : await startEmbeddedDefault(config);
+    const db = new Database(databaseOptions(config, config.databaseUrl ?? embedded!.url));
+    try {
+      if (options.migrate !== false) await migrate(db);
+      return new Unstuck(db, await organizationScope(db, options.organization), config, embedded);
+    } catch (error) {
+      await db.close();
+      await embedded?.stop();
+      throw error;
+    }
+  }
+
+  /** Lists the workflow's files into a new execution and returns its id; workers do the rest. */
+  async submit(workflow: WorkflowInput | WorkflowDefinition, baseDir = process.cwd()) {
+    const resolved = await resolveWorkflow(parseWorkflow(workflow), baseDir);
+    return { ...(await submitExecution(this.db, this.scope, resolved)), workflow: resolved };
+  }
+
+  /** A worker in this process; call start() on it, and stop() before close(). */
+  worker(options: Partial<WorkerOptions> = {}): Worker {
+    return new Worker(this.db, { concurrency: 4, ...options });
+  }
+
+  status(executionId: string) {
+    return getExecution(this.db, this.scope, executionId);
+  }
+
+  executions(limit?: number) {
+    return listExecutions(this.db, this.scope, limit);
+  }
+
+  files(executionId: string, status?: Status) {
+    return listFileExecutions(this.db, this.scope, executionId, status);
+  }
+
+  stop(executionId: string) {
+    return stopExecution(this.db, this.scope, executionId);
+  }
+
+  retry(executionId: string) {
+    return retryExecution(this.db, this.scope, executionId);
+  }
+
+  /** Resolves with the execution once it is COMPLETED, ERROR or STOPPED. */
+  async wait(executionId: string, options: WaitOptions = {}): Promise<ExecutionSummary> {
+    for (;;) {
+      const summary = await this.status(executionId);
+      if (!summary) throw new Error(`execution ${executionId} does not exist`);
+      options.onProgress?.(summary);
+      if (terminal.includes(summary.status)) return summary;
+      await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 250));
+    }
+  }
+
+  /** Submits, processes in this process with `concurrency` files at once, and waits for the end. */
+  async run(
+    workflow: WorkflowInput | WorkflowDefinition,
+    options: WaitOptions & { concurrency?: number } = {},
+  ) {
+    const { executionId, workflow: resolved } = await this.submit(workflow);
+    const concurrency = options.concurrency ?? resolved.definition.options.concurrency;
+    const worker = this.worker({ concurrency, executionId });
+    worker.start();
+    try {
+      return await this.wait(executionId, options);
+    } finally {
+      await worker.stop();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+    await this.embedded?.stop();
+  }
+}
