@@ -105,12 +105,6 @@ const settings = {
     schema: whole(1024, 65535),
     fallback: '54329',
   },
-  leaseSeconds: {
-    env: 'UNSTUCK_LEASE_SECONDS',
-    accepted: 'seconds, from 1 to 86400',
-    schema: seconds(1, 86400),
-    fallback: '30',
-  },
 } satisfies Record<string, Setting>;
 
 type Settings = typeof settings;

@@ -1,11 +1,13 @@
 import { pino, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger };
 
-/**
- * The process-wide structured logger. It writes JSON lines to stderr so that a command's
- * stdout stays clean for its own output (summaries, --json).
- */
+// JSON lines for machines; on a terminal, the same records made readable. Logs go to stderr
+// so that a command's stdout stays clean for its own output (summaries, --json).
+const human = process.stderr.isTTY && process.env.LOG_FORMAT !== 'json';
+
+/** The process-wide structured logger. */
 export const log: Logger = pino(
   {
     name: 'unstuck',
@@ -13,7 +15,14 @@ export const log: Logger = pino(
     base: { pid: process.pid },
     redact: { paths: ['password', '*.password', 'apiKey', '*.apiKey'], censor: '[redacted]' },
   },
-  pino.destination({ fd: 2, sync: false }),
+  human
+    ? pretty({
+        destination: 2,
+        sync: true,
+        ignore: 'pid,hostname,name',
+        translateTime: 'SYS:HH:MM:ss.l',
+      })
+    : pino.destination({ fd: 2, sync: false }),
 );
 
 export function setLogLevel(level: string): void {

@@ -1,7 +1,7 @@
 import { loadConfig, redactedConfig, type Config } from './config.js';
-import { Database, databaseOptions } from './db/database.js';
-import { startEmbeddedDefault, type EmbeddedDefault } from './db/embedded-default.js';
+import type { Database } from './db/database.js';
 import { migrate } from './db/migrate.js';
+import { openDatabase, type OpenDatabase } from './db/open.js';
 import {
   getExecution,
   listExecutions,
@@ -29,13 +29,13 @@ export interface OpenOptions {
   config?: Config;
   /** The organization whose data this handle sees. Default "default". */
   organization?: string;
-  /** Apply pending migrations on open. Default true. */
-  migrate?: boolean;
 }
 
 export interface WaitOptions {
   onProgress?: (summary: ExecutionSummary) => void;
   intervalMs?: number;
+  /** Stops waiting (rejects with its reason); the execution itself goes on. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -47,23 +47,27 @@ export class Unstuck {
     readonly db: Database,
     readonly scope: Scope,
     readonly config: Config,
-    private readonly embedded: EmbeddedDefault | undefined,
+    private readonly opened: OpenDatabase,
   ) {}
 
   static async open(options: OpenOptions = {}): Promise<Unstuck> {
     const config = options.config ?? loadConfig();
     setLogLevel(config.logLevel);
     log.info({ config: redactedConfig(config) }, 'effective configuration');
-    const embedded = config.databaseUrl ? undefined : await startEmbeddedDefault(config);
-    const db = new Database(databaseOptions(config, config.databaseUrl ?? embedded!.url));
+    const opened = await openDatabase(config);
     try {
-      if (options.migrate !== false) await migrate(db);
-      return new Unstuck(db, await organizationScope(db, options.organization), config, embedded);
+      await migrate(opened.db);
+      const scope = await organizationScope(opened.db, options.organization);
+      return new Unstuck(opened.db, scope, config, opened);
     } catch (error) {
-      await db.close();
-      await embedded?.stop();
+      await opened.close();
       throw error;
     }
+  }
+
+  /** The embedded server in use, when no DATABASE_URL was given. */
+  get embedded() {
+    return this.opened.embedded;
   }
 
   /** Lists the workflow's files into a new execution and returns its id; workers do the rest. */
@@ -100,11 +104,17 @@ export class Unstuck {
   /** Resolves with the execution once it is COMPLETED, ERROR or STOPPED. */
   async wait(executionId: string, options: WaitOptions = {}): Promise<ExecutionSummary> {
     for (;;) {
+      options.signal?.throwIfAborted();
       const summary = await this.status(executionId);
       if (!summary) throw new Error(`execution ${executionId} does not exist`);
       options.onProgress?.(summary);
       if (terminal.includes(summary.status)) return summary;
-      await new Promise((resolve) => setTimeout(resolve, options.intervalMs ?? 250));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, options.intervalMs ?? 250);
+        options.signal?.addEventListener('abort', () => (clearTimeout(timer), resolve()), {
+          once: true,
+        });
+      });
     }
   }
 
@@ -125,7 +135,6 @@ export class Unstuck {
   }
 
   async close(): Promise<void> {
-    await this.db.close();
-    await this.embedded?.stop();
+    await this.opened.close();
   }
 }
