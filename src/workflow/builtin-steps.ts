@@ -25,7 +25,13 @@ const MAX_LISTED_KEYS = 100;
 const pattern = z.preprocess(
   (v) => (typeof v === 'string' ? { pattern: v } : v),
   z
-    .object({ pattern: z.string(), flags: z.string().optional() })
+    .object(
+      { pattern: z.string(), flags: z.string().optional() },
+      {
+        error: (issue) =>
+          issue.code === 'invalid_type' ? 'must be a pattern or { "pattern", "flags" }' : undefined,
+      },
+    )
     .strict()
     .transform((field, ctx) => {
       try {

@@ -248,10 +248,12 @@ export interface ResolvedWorkflow {
  * reported together, so a user fixes their file once.
  */
 export async function resolveWorkflow(
-  def: WorkflowDefinition,
+  def: WorkflowInput,
   baseDir: string,
 ): Promise<ResolvedWorkflow> {
-  const definition = withAbsolutePaths(def, baseDir);
+  // Parsed again: a definition read back from the database gets the defaults of this version.
+  const parsed = parseWorkflow(def);
+  const definition = withAbsolutePaths(parsed, baseDir);
   const problems: string[] = [];
   const check = async <T>(promise: Promise<T>): Promise<T | undefined> => {
     try {
@@ -267,7 +269,7 @@ export async function resolveWorkflow(
   const timeout = definition.options.stepTimeoutSeconds;
   const steps: (ResolvedStep | undefined)[] = [];
   // One by one, so problems are listed in the order of the steps.
-  for (const [i, step] of def.steps.entries()) {
+  for (const [i, step] of parsed.steps.entries()) {
     steps.push(await check(loadStep(step, i, baseDir, timeout)));
   }
   if (problems.length > 0) throw new WorkflowError(problems);
@@ -281,17 +283,10 @@ export async function resolveWorkflow(
 
 async function sourceRoot(folder: string): Promise<string> {
   const field = 'workflow.source.path';
-  try {
-    if (!(await stat(folder)).isDirectory())
-      throw new WorkflowError([`${field}: "${folder}" is not a folder`]);
-    await access(folder, constants.R_OK | constants.X_OK);
-    return await realpath(folder);
-  } catch (error) {
-    if (error instanceof WorkflowError) throw error;
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new WorkflowError([`${field}: folder "${folder}" does not exist`]);
-    throw new WorkflowError([`${field}: folder "${folder}" cannot be read: ${messageOf(error)}`]);
-  }
+  const stats = await stat(folder).catch(folderProblem(field, folder));
+  if (!stats.isDirectory()) throw new WorkflowError([`${field}: "${folder}" is not a folder`]);
+  await access(folder, constants.R_OK | constants.X_OK).catch(folderProblem(field, folder));
+  return realpath(folder);
 }
 
 async function checkOutputFolder(
@@ -305,10 +300,23 @@ async function checkOutputFolder(
   if ([def.source.path, sourceRealPath].some((src) => src && isInside(src, folder))) {
     throw new WorkflowError([`${field}: "${folder}" is inside the source folder`]);
   }
-  const stats = await stat(folder).catch(() => undefined);
-  if (stats && !stats.isDirectory())
+  const stats = await stat(folder).catch((error: NodeJS.ErrnoException) => {
+    // A folder that does not exist yet is made when the first result is written.
+    if (error.code !== 'ENOENT') folderProblem(field, folder)(error);
+  });
+  if (stats && !stats.isDirectory()) {
     throw new WorkflowError([`${field}: "${folder}" is not a folder`]);
+  }
   return folder;
+}
+
+function folderProblem(field: string, folder: string) {
+  return (error: NodeJS.ErrnoException): never => {
+    if (error.code === 'ENOENT') {
+      throw new WorkflowError([`${field}: folder "${folder}" does not exist`]);
+    }
+    throw new WorkflowError([`${field}: folder "${folder}" cannot be used: ${error.message}`]);
+  };
 }
 
 async function loadStep(

@@ -16,14 +16,18 @@ export interface FileEntry {
   /** Relative to the source folder, with / between folders. */
   path: string;
   size: number;
-  /** Set when the file must be recorded but cannot be processed: the reason it failed. */
+  /**
+   * Set when the file must be recorded but cannot be processed: the reason it failed. A
+   * folder that cannot be read is one such entry, under the folder's own path.
+   */
   problem?: string;
 }
 
 interface Walk {
   root: Buffer;
   source: SourceDefinition;
-  wanted: (path: string) => boolean;
+  /** Whether a file's path is to be listed: included, and not excluded. */
+  selected: (path: string) => boolean;
   excluded: (path: string) => boolean;
 }
 
@@ -36,11 +40,13 @@ export async function* listFiles(
   if (!Number.isInteger(batchSize) || batchSize < 1) {
     throw new RangeError(`batchSize must be a whole number of at least 1, got ${batchSize}`);
   }
+  const included = matcher(source.include, true);
+  const excluded = matcher(source.exclude, false);
   const walk: Walk = {
     root: Buffer.from(await realpath(source.path)),
     source,
-    wanted: matcher(source.include, true),
-    excluded: matcher(source.exclude, false),
+    selected: (path) => included(path) && !excluded(path),
+    excluded,
   };
   let batch: FileEntry[] = [];
   for await (const entry of walkFolder(walk)) {
@@ -111,7 +117,7 @@ async function examine(
     return unexaminable(walk, path, error);
   }
   if (stats.isDirectory()) return 'folder';
-  if (!walk.wanted(path) || walk.excluded(path)) return undefined;
+  if (!walk.selected(path)) return undefined;
   if (!isUtf8(rel)) return { path, size: stats.size, problem: 'file name is not valid UTF-8' };
   if (stats.isSymbolicLink()) return followLink(walk, abs, path);
   if (!stats.isFile()) return { path, size: 0, problem: notRegularReason(stats) };
@@ -123,7 +129,7 @@ function unexaminable(walk: Walk, path: string, error: unknown): FileEntry | und
   const reason = fsErrorReason(error);
   if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
   if (reason === undefined) throw error;
-  return walk.wanted(path) && !walk.excluded(path)
+  return walk.selected(path)
     ? { path, size: 0, problem: `cannot be examined: ${reason}` }
     : undefined;
 }

@@ -100,33 +100,53 @@ async function runStep(
   context: Omit<StepContext, 'signal' | 'log'>,
   log: Logger,
 ): Promise<unknown> {
-  const controller = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      const error = new StepError(
-        step.name,
-        'timed-out',
-        `step "${step.name}" timed out after ${step.timeoutSeconds} s`,
-      );
-      // Rejected before the abort, so this wins over whatever the step throws on abort.
-      reject(error);
-      controller.abort(error);
-    }, step.timeoutSeconds * 1000);
-  });
-  const running = (async () => step.run(file, { ...context, signal: controller.signal, log }))();
+  const limit = deadline(step);
+  const running = (async () => step.run(file, { ...context, signal: limit.signal, log }))();
   // A step that ignores its signal may still settle after the timeout; nobody is listening.
   running.catch(() => {});
   try {
-    return toJson(step.name, await Promise.race([running, timedOut]));
+    const value = await Promise.race([running, limit.expired]);
+    // The timer cannot fire while a step blocks the event loop (a busy loop, a catastrophic
+    // regex), so a step that overran that way is caught here.
+    if (limit.passed()) throw limit.error();
+    return toJson(step.name, value);
   } catch (error) {
     if (error instanceof StepError) throw error;
     throw new StepError(step.name, 'failed', `step "${step.name}" failed: ${messageOf(error)}`, {
       cause: error,
     });
   } finally {
-    clearTimeout(timer);
+    limit.clear();
   }
+}
+
+/** The step's time limit: a promise that rejects, and a signal that fires, when it is up. */
+function deadline(step: ResolvedStep) {
+  const ms = step.timeoutSeconds * 1000;
+  const started = performance.now();
+  const error = () =>
+    new StepError(
+      step.name,
+      'timed-out',
+      `step "${step.name}" timed out after ${step.timeoutSeconds} s`,
+    );
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const timedOut = error();
+      // Rejected before the abort, so this wins over whatever the step throws on abort.
+      reject(timedOut);
+      controller.abort(timedOut);
+    }, ms);
+  });
+  return {
+    expired,
+    signal: controller.signal,
+    error,
+    passed: () => performance.now() - started > ms,
+    clear: () => clearTimeout(timer),
+  };
 }
 
 /**

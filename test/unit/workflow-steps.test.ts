@@ -30,6 +30,7 @@ const modules: Record<string, string> = {
   'throws.mjs': `export default () => { throw new Error('boom'); }`,
   'rejects-string.mjs': `export default async () => { throw 'plain string'; }`,
   'hangs.mjs': `export default () => new Promise(() => {});`,
+  'blocks.mjs': `export default () => { const end = Date.now() + 100; while (Date.now() < end); return 1; }`,
   'waits-for-abort.mjs': `export default (file, { signal }) => new Promise((_, reject) => {
   signal.addEventListener('abort', () => { globalThis.abortSeen = signal.reason; reject(new Error('aborted by signal')); });
 });`,
@@ -280,6 +281,11 @@ describe('runSteps', () => {
   test('the workflow step timeout applies when the step has none', async () => {
     const error = await stepError(['./hangs.mjs'], 'x', 0.05);
     assert.equal(error.message, 'step "hangs" timed out after 0.05 s');
+  });
+
+  test('a step that blocks the event loop past its time still times out', async () => {
+    const error = await stepError([{ use: './blocks.mjs', timeoutSeconds: 0.02 }]);
+    assert.equal(error.message, 'step "blocks" timed out after 0.02 s');
   });
 
   test('on timeout the signal fires, and the timeout is what is reported', async () => {
