@@ -29,5 +29,5 @@ export function applyCounts(moved: string): string {
                  count(*) FILTER (WHERE status = 'STOPPED')::int AS stopped
           FROM ${moved} WHERE status IN ('COMPLETED', 'ERROR', 'STOPPED') GROUP BY execution_id) d
     WHERE e.id = d.execution_id
-    RETURNING e.id, e.status, ${done} = e.total AND ${done} - ${delta} < e.total AS finalized`;
+    RETURNING e.id, e.status, ${done} = e.total AND (${done}) - (${delta}) < e.total AS finalized`;
 }
