@@ -59,48 +59,43 @@ CREATE TABLE unstuck.file_executions (
   started_at       timestamptz,
   finished_at      timestamptz,
   step_timings     jsonb,
-  error            text,
-  UNIQUE (execution_id, path)
-);
--- The claim reads the oldest available PENDING rows and the sweep the expired EXECUTING ones;
--- both are partial indexes so neither query looks at the rest of the backlog.
+  error            text
+) WITH (fillfactor = 80); -- room on each page keeps heartbeats (lease-only updates) HOT
+-- Every status change writes a new entry into every index, so there are few: the claim reads
+-- the oldest available PENDING rows, the sweep the EXECUTING ones (as many as files in
+-- flight, so lease_expires_at need not be indexed, and a heartbeat changes no indexed
+-- column), and per-execution reads go by execution.
 CREATE INDEX file_executions_claim ON unstuck.file_executions (available_at, id) WHERE status = 'PENDING';
-CREATE INDEX file_executions_lease ON unstuck.file_executions (lease_expires_at) WHERE status = 'EXECUTING';
-CREATE INDEX file_executions_execution_status ON unstuck.file_executions (execution_id, status);
+CREATE INDEX file_executions_executing ON unstuck.file_executions (id) WHERE status = 'EXECUTING';
+CREATE INDEX file_executions_execution ON unstuck.file_executions (execution_id, id);
 
+-- organization_id and execution_id repeat the file execution's, for scoped reads; only the
+-- key to the file is a foreign key, since each one checked costs a row lock per result.
 CREATE TABLE unstuck.file_results (
   file_execution_id bigint PRIMARY KEY REFERENCES unstuck.file_executions ON DELETE CASCADE,
-  organization_id   bigint NOT NULL REFERENCES unstuck.organizations,
-  execution_id      bigint NOT NULL REFERENCES unstuck.workflow_executions ON DELETE CASCADE,
+  organization_id   bigint NOT NULL,
+  execution_id      bigint NOT NULL,
   result            jsonb NOT NULL,
   created_at        timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX file_results_execution ON unstuck.file_results (execution_id);
 
 -- The state machine, in one place. COMPLETED and STOPPED are final; ERROR goes back to
 -- PENDING only through an explicit retry, which starts a new attempt.
-CREATE TABLE unstuck.file_transitions (
-  from_status text NOT NULL,
-  to_status   text NOT NULL,
-  PRIMARY KEY (from_status, to_status)
-);
-INSERT INTO unstuck.file_transitions VALUES
-  ('PENDING', 'EXECUTING'), ('PENDING', 'STOPPED'), ('PENDING', 'ERROR'),
-  ('EXECUTING', 'COMPLETED'), ('EXECUTING', 'ERROR'), ('EXECUTING', 'STOPPED'),
-  ('EXECUTING', 'PENDING'), ('ERROR', 'PENDING');
-
 CREATE FUNCTION unstuck.guard_file_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM unstuck.file_transitions
-                 WHERE from_status = OLD.status AND to_status = NEW.status)
-     OR (OLD.status = 'ERROR' AND NEW.attempt <= OLD.attempt) THEN
+  -- Parenthesised so that PL/pgSQL does not take the CASE's first THEN for the IF's.
+  IF NOT (CASE OLD.status
+       WHEN 'PENDING' THEN NEW.status IN ('EXECUTING', 'STOPPED', 'ERROR')
+       WHEN 'EXECUTING' THEN NEW.status IN ('COMPLETED', 'ERROR', 'STOPPED', 'PENDING')
+       WHEN 'ERROR' THEN NEW.status = 'PENDING' AND NEW.attempt > OLD.attempt
+       ELSE false END) THEN
     RAISE EXCEPTION 'file execution % cannot go from % to %', OLD.id, OLD.status, NEW.status
       USING ERRCODE = 'check_violation';
   END IF;
   RETURN NEW;
 END $$;
 
--- Heartbeats (EXECUTING to EXECUTING, status unchanged) skip the trigger.
+-- Heartbeats (status unchanged) skip the trigger.
 CREATE TRIGGER file_executions_guard
   BEFORE UPDATE OF status ON unstuck.file_executions
   FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)

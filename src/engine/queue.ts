@@ -26,16 +26,20 @@ export async function claimFiles(
   limit: number,
   executionId?: string,
 ): Promise<ClaimedFile[]> {
-  const { rows } = await db.transaction(
-    (tx) =>
-      tx.query<ClaimedFile>(
-        `WITH claimed AS (
+  // One statement, so one round trip and its own transaction. Not retried after sending: if
+  // the reply is lost, the claimed rows' leases expire and the sweep hands them out again.
+  // The claim commits without waiting for its WAL flush (set_config, local to this
+  // statement's transaction): a claim lost in a server crash only puts the file back to
+  // PENDING, where the fencing drops the late worker's result and another attempt runs.
+  const { rows } = await db.query<ClaimedFile>(
+    `WITH claimed AS (
            UPDATE unstuck.file_executions f
            SET status = 'EXECUTING', lease_owner = $1, started_at = now(),
                lease_expires_at = now() + make_interval(secs => f.lease_seconds)
            WHERE f.id IN (SELECT id FROM unstuck.file_executions
                           WHERE status = 'PENDING' AND available_at <= now()
                             AND ($3::bigint IS NULL OR execution_id = $3)
+                            AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
                           ORDER BY available_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
            RETURNING f.id, f.execution_id, f.path, f.size_bytes, f.attempt, f.max_attempts, f.lease_seconds
          ), started AS (
@@ -46,8 +50,7 @@ export async function claimFiles(
                 c.size_bytes::float8 AS "sizeBytes", c.attempt, c.max_attempts AS "maxAttempts",
                 c.lease_seconds AS "leaseSeconds"
          FROM claimed c JOIN unstuck.workflow_executions e ON e.id = c.execution_id`,
-        [owner, limit, executionId ?? null],
-      ),
+    [owner, limit, executionId ?? null],
     { name: 'claim files' },
   );
   return rows;
@@ -70,6 +73,8 @@ export async function heartbeat(
      SET lease_expires_at = now() + make_interval(secs => f.lease_seconds)
      FROM unnest($2::bigint[], $3::int[]) AS h(id, attempt)
      WHERE f.id = h.id AND f.attempt = h.attempt AND f.lease_owner = $1 AND f.status = 'EXECUTING'
+       -- A renewal lost in a crash only shortens the lease: no need to wait for the WAL flush.
+       AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL
      RETURNING f.id`,
     [owner, held.map((h) => h.id), held.map((h) => h.attempt)],
     { name: 'heartbeat', idempotent: true },
@@ -126,10 +131,14 @@ export async function finishFiles(
     column('error'),
     column('retryDelaySeconds'),
   ];
-  const { rows } = await db.transaction(
-    (tx) =>
-      tx.query<{ finished: string[] | null; finalized: FinishReport['finalized'] | null }>(
-        `WITH input AS (
+  // One statement is one transaction. It is safe to re-run (the compare-and-set matches nothing
+  // the second time and the read-back below finds what the first run recorded), so it is
+  // retried even when a failure leaves unknown whether it landed.
+  const { rows } = await db.query<{
+    finished: string[] | null;
+    finalized: FinishReport['finalized'] | null;
+  }>(
+    `WITH input AS (
            SELECT * FROM unnest($2::bigint[], $3::int[], $4::bool[], $5::bool[], $6::text[],
                                 $7::jsonb[], $8::jsonb[], $9::text[], $10::float8[])
              AS i(id, attempt, ok, retryable, sha256, result, timings, error, retry_delay)
@@ -154,9 +163,8 @@ export async function finishFiles(
          SELECT (SELECT array_agg(id::text) FROM moved) AS finished,
                 (SELECT json_agg(json_build_object('id', id::text, 'status', status))
                    FROM counts WHERE finalized) AS finalized`,
-        params,
-      ),
-    { name: 'finish files', retry },
+    params,
+    { name: 'finish files', idempotent: true, retry },
   );
   const finished = new Set(rows[0]?.finished ?? []);
   const missing = outcomes.filter((o) => !finished.has(o.id));

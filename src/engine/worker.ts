@@ -19,7 +19,12 @@ import { WorkflowCache } from './workflows.js';
 export interface WorkerOptions {
   /** Files processed at once. */
   concurrency: number;
-  /** Claimed ahead of free slots, so a slot never waits for a claim round trip. */
+  /**
+   * Files claimed ahead of free slots, so a slot never waits for a claim round trip. When
+   * absent it adapts: it doubles whenever a slot sat idle while more work was waiting, and
+   * halves while the queue stays deep (slow files), so fast work gets large claims and slow
+   * work is not hoarded from other workers.
+   */
   prefetch?: number;
   /** Only this execution's files (a `run` process); any execution's when absent. */
   executionId?: string;
@@ -32,6 +37,8 @@ export interface WorkerOptions {
   log?: Logger;
   onFinished?: (report: FinishReport) => void;
 }
+
+const MAX_PREFETCH = 1000;
 
 // Recording finished work is worth waiting out a failover: the steps already ran.
 const durable = { budgetMs: 10 * 60_000, maxRetries: 1000 };
@@ -55,6 +62,8 @@ export class Worker {
   private active = false;
   private closed = false;
   private moreWork = false;
+  private depth: number;
+  private starved = false;
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -66,6 +75,7 @@ export class Worker {
   ) {
     this.log = (options.log ?? rootLog).child({ module: 'worker', worker: this.id });
     this.workflows = new WorkflowCache(db);
+    this.depth = options.prefetch ?? options.concurrency;
   }
 
   start(): void {
@@ -97,9 +107,9 @@ export class Worker {
   }
 
   private async claimLoop(): Promise<void> {
-    const capacity = this.options.concurrency + (this.options.prefetch ?? this.options.concurrency);
     while (this.active) {
-      const room = capacity - this.queued.length - this.running.size;
+      this.adjustDepth();
+      const room = this.options.concurrency + this.depth - this.queued.length - this.running.size;
       if (room > 0) {
         const claimed = await claimFiles(this.db, this.id, room, this.options.executionId).catch(
           (e) => this.warn(e, 'claim', []),
@@ -116,6 +126,15 @@ export class Worker {
     }
   }
 
+  private adjustDepth(): void {
+    if (this.options.prefetch !== undefined) return;
+    const { concurrency } = this.options;
+    if (this.starved) this.depth = Math.min(MAX_PREFETCH, this.depth * 2);
+    else if (this.queued.length > this.depth / 2)
+      this.depth = Math.max(concurrency, this.depth >> 1);
+    this.starved = false;
+  }
+
   private startRunners(): void {
     while (this.active && this.running.size < this.options.concurrency && this.queued.length > 0) {
       const file = this.queued.shift()!;
@@ -129,6 +148,7 @@ export class Worker {
       });
       this.running.set(key, entry);
     }
+    if (this.moreWork && this.running.size < this.options.concurrency) this.starved = true;
   }
 
   private async run(file: ClaimedFile): Promise<Outcome | undefined> {
@@ -202,15 +222,20 @@ export class Worker {
     }, interval);
   }
 
+  /**
+   * Files whose lease another worker took over: their results would be fenced off anyway, so
+   * running ones are marked to drop their outcome and queued ones are not started. Outcomes
+   * already waiting to be written are left to the compare-and-set (one may just have landed).
+   */
   private dropLost(lost: HeldFile[]): void {
     const keys = new Set(lost.map((f) => `${f.id}:${f.attempt}`));
-    this.log.warn(
-      { files: lost.map((f) => f.id) },
-      'lease lost: another worker took these files over',
-    );
-    for (const [key, entry] of this.running) if (keys.has(key)) entry.lost = true;
-    const kept = this.queued.filter((f) => !keys.has(`${f.id}:${f.attempt}`));
-    this.queued.splice(0, this.queued.length, ...kept);
+    const running = [...this.running].filter(([key]) => keys.has(key));
+    const queued = this.queued.filter((f) => keys.has(`${f.id}:${f.attempt}`));
+    if (running.length + queued.length === 0) return;
+    running.forEach(([, entry]) => (entry.lost = true));
+    this.queued.splice(0, this.queued.length, ...this.queued.filter((f) => !queued.includes(f)));
+    const files = [...running.map(([, e]) => e.file), ...queued].map((f) => f.id);
+    this.log.warn({ files }, 'lease lost: another worker took these files over');
   }
 
   private scheduleSweep(): void {
