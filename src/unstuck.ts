@@ -109,11 +109,14 @@ export class Unstuck {
       if (!summary) throw new Error(`execution ${executionId} does not exist`);
       options.onProgress?.(summary);
       if (terminal.includes(summary.status)) return summary;
+      // The listener goes when the timer fires: one per poll would pile up on a long wait.
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, options.intervalMs ?? 250);
-        options.signal?.addEventListener('abort', () => (clearTimeout(timer), resolve()), {
-          once: true,
-        });
+        const onAbort = () => (clearTimeout(timer), resolve());
+        const timer = setTimeout(() => {
+          options.signal?.removeEventListener('abort', onAbort);
+          resolve();
+        }, options.intervalMs ?? 250);
+        options.signal?.addEventListener('abort', onAbort, { once: true });
       });
     }
   }
