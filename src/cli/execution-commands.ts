@@ -9,7 +9,7 @@ import {
   type WorkflowDefinition,
 } from '../workflow/definition.js';
 import { NotFoundError } from './exit.js';
-import { executionsTable, filesTable, print, summaryLine } from './print.js';
+import { executionsTable, filesTable, print, resultsTable, summaryLine } from './print.js';
 import { progressDisplay } from './progress.js';
 import { onShutdown, positiveInt, withUnstuck } from './session.js';
 
@@ -94,6 +94,7 @@ async function runExecution(
       () =>
         [summaryLine(summary), ...failed.map((f) => `  ERROR ${f.path}: ${f.error}`)].join('\n'),
     );
+    return summary;
   } finally {
     progress?.done();
     await worker.stop();
@@ -109,9 +110,9 @@ export function executionCommands(program: Command): void {
       positiveInt,
     )
     .action((folder: string | undefined, flags: WorkflowFlags & { workers?: number }) =>
-      withUnstuck(async (u) =>
-        runExecution(u, await workflowFrom(folder, flags), flags.workers, !!flags.json),
-      ),
+      withUnstuck(async (u) => {
+        await runExecution(u, await workflowFrom(folder, flags), flags.workers, !!flags.json);
+      }),
     );
 
   workflowOptions(program.command('submit'))
@@ -211,7 +212,8 @@ export function executionCommands(program: Command): void {
     .action(() =>
       withUnstuck(async (u) => {
         const def = await loadWorkflowFile(resolve(packageRoot, 'samples', 'workflow.json'));
-        await runExecution(u, def, undefined, false);
+        const summary = await runExecution(u, def, undefined, false);
+        process.stdout.write(`\n${resultsTable(await u.files(summary.id, 'COMPLETED'))}\n\n`);
         const where = u.embedded
           ? `embedded PostgreSQL, data in ${u.embedded.dataDir}`
           : 'DATABASE_URL';

@@ -51,6 +51,26 @@ export function filesTable(rows: FileExecutionRow[]): string {
   );
 }
 
+/** The demo's view of what the steps found: counts and extracted fields per file. */
+export function resultsTable(rows: FileExecutionRow[]): string {
+  const field = (r: FileExecutionRow, step: string, key: string) => {
+    const value = (r.result as Record<string, Record<string, unknown> | null> | null)?.[step]?.[
+      key
+    ];
+    return Array.isArray(value) ? value.join(' ') : String(value ?? '');
+  };
+  return table(
+    ['path', 'lines', 'words', 'title', 'emails'],
+    rows.map((r) => [
+      r.path,
+      field(r, 'count', 'lines'),
+      field(r, 'count', 'words'),
+      field(r, 'extract', 'title'),
+      field(r, 'extract', 'emails'),
+    ]),
+  );
+}
+
 function table(header: string[], rows: unknown[][]): string {
   const cells = [header, ...rows.map((r) => r.map((c) => String(c)))];
   const widths = header.map((_, i) => Math.max(...cells.map((r) => r[i]!.length)));
