@@ -761,26 +761,40 @@ describe('query plans on a 100,000-file backlog', () => {
     assert.deepEqual(seqScans, [], `no Seq Scan of file_executions: ${describePlan(plan)}`);
   };
 
+  /** The partial indexes of file_executions whose predicate is `status = '<status>'`. */
+  async function partialIndexes(status: string): Promise<string[]> {
+    const { rows } = await db.query<{ name: string }>(
+      `SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+       WHERE i.indrelid = 'unstuck.file_executions'::regclass
+         AND pg_get_expr(i.indpred, i.indrelid) = $1`,
+      [`(status = '${status}'::text)`],
+    );
+    assert.ok(rows.length > 0, `a partial index on status = '${status}' exists`);
+    return rows.map((r) => r.name);
+  }
+
   for (const scoped of [false, true]) {
-    test(`the claim uses the partial claim index${scoped ? ' (one execution)' : ''}`, async () => {
+    test(`the claim uses the partial PENDING index${scoped ? ' (one execution)' : ''}`, async () => {
+      const indexes = await partialIndexes('PENDING');
       const [claim] = await capturedSql((fake) =>
         claimFiles(fake, 'w', 50, scoped ? executionIds[1] : undefined),
       );
       const plan = await explain(db, claim!.sql, claim!.params);
       assert.ok(
-        plan.some((n) => n['Index Name'] === 'file_executions_claim'),
-        `uses file_executions_claim: ${describePlan(plan)}`,
+        plan.some((n) => indexes.includes(n['Index Name'] ?? '')),
+        `uses ${indexes.join(' or ')}: ${describePlan(plan)}`,
       );
       assertNoBigSort(plan);
     });
   }
 
-  test('the sweep uses the partial lease index', async () => {
+  test('the sweep uses the partial EXECUTING index', async () => {
+    const indexes = await partialIndexes('EXECUTING');
     const [expired, finalize] = await capturedSql((fake) => sweep(fake));
     const plan = await explain(db, expired!.sql, expired!.params);
     assert.ok(
-      plan.some((n) => n['Index Name'] === 'file_executions_lease'),
-      `uses file_executions_lease: ${describePlan(plan)}`,
+      plan.some((n) => indexes.includes(n['Index Name'] ?? '')),
+      `uses ${indexes.join(' or ')}: ${describePlan(plan)}`,
     );
     assertNoBigSort(plan);
     // Finalizing looks at executions only (a small table): no scan of the file backlog.
