@@ -3,6 +3,7 @@ import type { Database } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { openDatabase, type OpenDatabase } from './db/open.js';
 import {
+  durable,
   getExecution,
   listExecutions,
   listFileExecutions,
@@ -105,7 +106,8 @@ export class Unstuck {
   async wait(executionId: string, options: WaitOptions = {}): Promise<ExecutionSummary> {
     for (;;) {
       options.signal?.throwIfAborted();
-      const summary = await this.status(executionId);
+      // Waiting is what the caller wants anyway: ride out an outage rather than give up.
+      const summary = await getExecution(this.db, this.scope, executionId, durable);
       if (!summary) throw new Error(`execution ${executionId} does not exist`);
       options.onProgress?.(summary);
       if (terminal.includes(summary.status)) return summary;

@@ -1,4 +1,4 @@
-import type { Database, Queryable } from '../db/database.js';
+import type { Database, Queryable, QueryOptions } from '../db/database.js';
 import { listFiles } from '../workflow/local-folder-source.js';
 import type { ResolvedWorkflow } from '../workflow/definition.js';
 import { applyCounts } from './counters.js';
@@ -27,7 +27,7 @@ export interface ExecutionSummary {
 }
 
 // Work that must not be lost waits out a failover; the listing re-runs whole if it must retry.
-const durable = { budgetMs: 10 * 60_000, maxRetries: 1000 };
+export const durable = { budgetMs: 10 * 60_000, maxRetries: 1000 };
 
 /** The organization a name stands for (the CLI's is "default"); created when missing. */
 export async function organizationScope(db: Database, name = 'default'): Promise<Scope> {
@@ -109,16 +109,18 @@ const summaryColumns = `e.id, w.name AS workflow, e.status, e.total, e.completed
   e.stop_requested AS "stopRequested", e.created_at AS "createdAt", e.started_at AS "startedAt",
   e.finished_at AS "finishedAt"`;
 
+/** `retry` lets a caller that is waiting anyway (e.g. for the execution to end) ride out an outage. */
 export async function getExecution(
   db: Database,
   scope: Scope,
   id: string,
+  retry?: QueryOptions['retry'],
 ): Promise<ExecutionSummary | undefined> {
   const { rows } = await db.query<ExecutionSummary>(
     `SELECT ${summaryColumns} FROM unstuck.workflow_executions e JOIN unstuck.workflows w ON w.id = e.workflow_id
      WHERE e.id = $1 AND e.organization_id = $2`,
     [id, scope.organizationId],
-    { name: 'get execution', idempotent: true },
+    { name: 'get execution', idempotent: true, retry },
   );
   return rows[0];
 }

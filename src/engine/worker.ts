@@ -15,6 +15,7 @@ import {
 } from './queue.js';
 import { sweep } from './recovery.js';
 import { WorkflowCache } from './workflows.js';
+import { durable } from './executions.js';
 
 export interface WorkerOptions {
   /** Files processed at once. */
@@ -39,9 +40,6 @@ export interface WorkerOptions {
 }
 
 const MAX_PREFETCH = 1000;
-
-// Recording finished work is worth waiting out a failover: the steps already ran.
-const durable = { budgetMs: 10 * 60_000, maxRetries: 1000 };
 
 /**
  * Claims files, keeps their leases alive, runs them, and records the outcomes in batches that
