@@ -68,6 +68,10 @@ export function databaseOptions(config: Config, url: string): DatabaseOptions {
   };
 }
 
+interface OpenTransaction extends Queryable {
+  open: boolean;
+}
+
 // Errors raised before a statement reached the server: retrying them can never run it twice.
 const unsent = new WeakSet<object>();
 const markUnsent = (error: unknown) => {
@@ -86,7 +90,7 @@ const wasUnsent = (error: unknown) =>
  */
 export class Database implements Queryable {
   readonly pool: pg.Pool;
-  private readonly current = new AsyncLocalStorage<Queryable>();
+  private readonly current = new AsyncLocalStorage<OpenTransaction>();
   private readonly probe: ServerProbe;
   private readonly log: Logger;
   private readonly beginSql: Record<NonNullable<TransactionOptions['isolation']>, string>;
@@ -146,7 +150,7 @@ export class Database implements Queryable {
     options: QueryOptions = {},
   ): Promise<Result<R>> {
     const tx = this.current.getStore();
-    if (tx) return tx.query<R>(sql, params);
+    if (tx?.open) return tx.query<R>(sql, params);
     return this.retrying(options.name ?? 'query', options.retry, options.idempotent ?? false, () =>
       this.withClient((client) => this.send<R>(client, sql, params)),
     );
@@ -159,11 +163,17 @@ export class Database implements Queryable {
    */
   transaction<T>(fn: (tx: Queryable) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
     const outer = this.current.getStore();
-    if (outer) return fn(outer);
+    if (outer?.open) return fn(outer);
     const begin = this.beginSql[options.isolation ?? 'read committed'];
     return this.retrying(options.name ?? 'transaction', options.retry, true, () =>
       this.withClient(async (client) => {
-        const tx: Queryable = { query: (sql, params) => this.send(client, sql, params) };
+        const tx: OpenTransaction = {
+          open: true,
+          query: (sql, params) =>
+            tx.open
+              ? this.send(client, sql, params)
+              : Promise.reject(new Error('transaction already ended')),
+        };
         await this.send(client, begin);
         try {
           const result = await this.current.run(tx, () => fn(tx));
@@ -174,6 +184,9 @@ export class Database implements Queryable {
             await this.send(client, 'ROLLBACK').catch(() => doubtful.add(client));
           }
           throw error;
+        } finally {
+          // Work fn left behind (a timer, an unawaited promise) must not use a released client.
+          tx.open = false;
         }
       }),
     );
