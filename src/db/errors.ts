@@ -78,7 +78,8 @@ const permanent: Classification = { class: 'permanent', discardConnection: false
 export function classify(error: unknown): Classification {
   if (!(error instanceof Error)) return permanent;
   const { code, message } = error as Error & { code?: unknown };
-  const sqlstate = typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+  const sqlstate =
+    typeof code === 'string' && /^[0-9A-DF-Z][0-9A-Z]{4}$/.test(code) ? code : undefined;
   const errno = typeof code === 'string' && code.startsWith('E') && !sqlstate ? code : undefined;
   for (const rule of rules) {
     const hit =
