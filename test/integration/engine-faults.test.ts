@@ -356,99 +356,111 @@ describe('engine under faults', () => {
     });
   });
 
-  test('a connection cut after the commit was sent records nothing twice', async () => {
-    const url = await server.createDatabase();
-    const u = await open(url);
-    const { executionId, total } = await u.submit({
-      name: 'commit-cut',
-      source: { type: 'local', path: await sourceFolder(3) },
-      steps: ['noop'],
-      options: { maxAttempts: 3 },
-    });
-    const claimed = await claimFiles(u.db, 'owner', total, executionId);
-    assert.equal(claimed.length, 3);
-    const [done, broken, flaky] = claimed as unknown as [HeldFile, HeldFile, HeldFile];
-    const outcome = (f: HeldFile, ok: boolean, retryable: boolean): Outcome => ({
-      id: f.id,
-      attempt: f.attempt,
-      ok,
-      retryable,
-      sha256: null,
-      result: ok ? { file: f.id } : null,
-      timings: {},
-      error: ok ? null : 'failed',
-      retryDelaySeconds: 0,
-    });
-    const outcomes = [outcome(done, true, false), outcome(broken, false, false)];
-    outcomes.push(outcome(flaky, false, true));
-
-    const proxy = await FaultProxy.start({ port: server.port });
-    try {
-      const proxied = testDatabase(proxy.url(url), { poolSize: 1 });
-      databases.push(proxied);
-      // When the statement that records the outcomes is sent, every byte on the wire starts to
-      // take 1.5 s each way: the commit lands on the server while its reply is still on its
-      // way back, and that is when the connection is cut.
-      let sent = false;
-      proxied.pool.on('connect', (client: pg.PoolClient) => {
-        const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-        (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
-          if (!sent && typeof args[0] === 'string' && args[0].includes('unstuck.file_results')) {
-            sent = true;
-            proxy.setLatency(1_500);
-          }
-          return query(...args);
-        };
+  // When the statement that records the outcomes is sent, every byte on the wire starts to take
+  // 1.5 s each way. Cut at once, the statement never reaches the server; cut once its result
+  // is visible to another connection, the commit has landed while its reply is still on the
+  // way back. Either way the retry must leave each outcome applied exactly once.
+  for (const cut of ['before the commit reached the server', 'after the commit landed'] as const) {
+    test(`a connection cut ${cut} records each outcome once`, async () => {
+      const url = await server.createDatabase();
+      const u = await open(url);
+      const { executionId, total } = await u.submit({
+        name: 'commit-cut',
+        source: { type: 'local', path: await sourceFolder(3) },
+        steps: ['noop'],
+        options: { maxAttempts: 3 },
       });
-      const retries = await countFrom(dbMetrics.retries, { class: 'connection' });
-      let settled = false;
-      const finishing = finishFiles(proxied, 'owner', outcomes).finally(() => (settled = true));
-      await waitFor(
-        async () => {
-          const { rows } = await u.db.query(
-            'SELECT 1 FROM unstuck.file_results WHERE file_execution_id = $1',
-            [done.id],
-          );
-          return rows.length > 0;
-        },
-        { timeoutMs: 10_000, intervalMs: 5, message: 'the first commit to land' },
-      );
-      assert.equal(settled, false, 'the reply had not reached the client when the wire was cut');
-      assert.ok(proxy.cutAll('rst') > 0, 'a connection was cut');
-      proxy.setLatency(0);
+      const claimed = await claimFiles(u.db, 'owner', total, executionId);
+      assert.equal(claimed.length, 3);
+      const [done, broken, flaky] = claimed as unknown as [HeldFile, HeldFile, HeldFile];
+      const outcome = (f: HeldFile, ok: boolean, retryable: boolean): Outcome => ({
+        id: f.id,
+        attempt: f.attempt,
+        ok,
+        retryable,
+        sha256: null,
+        result: ok ? { file: f.id } : null,
+        timings: {},
+        error: ok ? null : 'failed',
+        retryDelaySeconds: 0,
+      });
+      const outcomes = [outcome(done, true, false), outcome(broken, false, false)];
+      outcomes.push(outcome(flaky, false, true));
+      const landed = async () => {
+        const { rows } = await u.db.query(
+          'SELECT 1 FROM unstuck.file_results WHERE file_execution_id = $1',
+          [done.id],
+        );
+        return rows.length > 0;
+      };
 
-      const report = await finishing;
-      assert.ok((await retries.delta()) >= 1, 'the finish was retried after the cut');
-      assert.deepEqual(
-        report.recorded.map((f) => f.id).sort(),
-        claimed.map((f) => f.id).sort(),
-        'the retry read back all three outcomes as recorded',
+      const proxy = await FaultProxy.start({ port: server.port });
+      try {
+        const proxied = testDatabase(proxy.url(url), { poolSize: 1 });
+        databases.push(proxied);
+        let sent = false;
+        proxied.pool.on('connect', (client: pg.PoolClient) => {
+          const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+          (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+            if (!sent && typeof args[0] === 'string' && args[0].includes('unstuck.file_results')) {
+              sent = true;
+              proxy.setLatency(1_500);
+            }
+            return query(...args);
+          };
+        });
+        const retries = await countFrom(dbMetrics.retries, { class: 'connection' });
+        let settled = false;
+        const finishing = finishFiles(proxied, 'owner', outcomes).finally(() => (settled = true));
+        if (cut === 'after the commit landed') {
+          await waitFor(landed, {
+            timeoutMs: 10_000,
+            intervalMs: 5,
+            message: 'the first commit to land',
+          });
+        } else {
+          await waitFor(() => sent, { timeoutMs: 10_000, intervalMs: 1, message: 'the send' });
+        }
+        assert.equal(settled, false, 'the reply had not reached the client when the wire was cut');
+        proxy.cutAll('rst');
+        proxy.setLatency(0);
+        if (cut === 'before the commit reached the server') {
+          assert.equal(await landed(), false, 'nothing had landed');
+        }
+
+        const report = await finishing;
+        assert.ok((await retries.delta()) >= 1, 'the finish was retried after the cut');
+        assert.deepEqual(
+          report.recorded.map((f) => f.id).sort(),
+          claimed.map((f) => f.id).sort(),
+          'all three outcomes reported as recorded',
+        );
+        assert.deepEqual(report.fencedOff, []);
+      } finally {
+        await proxy.close();
+      }
+      const { rows } = await u.db.query<{ id: string; status: string; attempt: number }>(
+        `SELECT id::text, status, attempt FROM unstuck.file_executions WHERE execution_id = $1 ORDER BY id`,
+        [executionId],
       );
-      assert.deepEqual(report.fencedOff, []);
-    } finally {
-      await proxy.close();
-    }
-    const { rows } = await u.db.query<{ id: string; status: string; attempt: number }>(
-      `SELECT id::text, status, attempt FROM unstuck.file_executions WHERE execution_id = $1 ORDER BY id`,
-      [executionId],
-    );
-    assert.deepEqual(
-      rows.map((r) => [r.id, r.status, r.attempt]),
-      [
-        [done.id, 'COMPLETED', 1],
-        [broken.id, 'ERROR', 1],
-        [flaky.id, 'PENDING', 2],
-      ],
-      'each outcome applied once: the retryable failure moved on by one attempt, not two',
-    );
-    const summary = await u.status(executionId);
-    assert.deepEqual([summary?.completed, summary?.failed], [1, 1], 'counted once');
-    const { rows: results } = await u.db.query(
-      'SELECT file_execution_id FROM unstuck.file_results WHERE execution_id = $1',
-      [executionId],
-    );
-    assert.equal(results.length, 1, 'exactly one result row');
-  });
+      assert.deepEqual(
+        rows.map((r) => [r.id, r.status, r.attempt]),
+        [
+          [done.id, 'COMPLETED', 1],
+          [broken.id, 'ERROR', 1],
+          [flaky.id, 'PENDING', 2],
+        ],
+        'each outcome applied once: the retryable failure moved on by one attempt, not two',
+      );
+      const summary = await u.status(executionId);
+      assert.deepEqual([summary?.completed, summary?.failed], [1, 1], 'counted once');
+      const { rows: results } = await u.db.query(
+        'SELECT file_execution_id FROM unstuck.file_results WHERE execution_id = $1',
+        [executionId],
+      );
+      assert.equal(results.length, 1, 'exactly one result row');
+    });
+  }
 
   test('an immediate server restart in the middle of a 500-file run', async (t) => {
     const url = await server.createDatabase();
