@@ -139,8 +139,11 @@ export async function finishFiles(
     finalized: FinishReport['finalized'] | null;
   }>(
     `WITH input AS (
-           SELECT * FROM unnest($2::bigint[], $3::int[], $4::bool[], $5::bool[], $6::text[],
-                                $7::jsonb[], $8::jsonb[], $9::text[], $10::float8[])
+           -- One outcome per (file, attempt): a claim lost in a crash can hand a worker the same
+           -- attempt twice, and a second outcome must not meet the results' primary key.
+           SELECT DISTINCT ON (id, attempt) *
+           FROM unnest($2::bigint[], $3::int[], $4::bool[], $5::bool[], $6::text[],
+                       $7::jsonb[], $8::jsonb[], $9::text[], $10::float8[])
              AS i(id, attempt, ok, retryable, sha256, result, timings, error, retry_delay)
          ), moved AS (
            UPDATE unstuck.file_executions f SET
@@ -154,11 +157,13 @@ export async function finishFiles(
            FROM input i, unstuck.workflow_executions e
            WHERE f.id = i.id AND f.attempt = i.attempt AND f.lease_owner = $1
              AND f.status = 'EXECUTING' AND e.id = f.execution_id
-           RETURNING f.id, f.execution_id, f.organization_id, f.status
+           RETURNING f.id, f.execution_id, f.organization_id, f.status, f.attempt
          ), results AS (
+           -- By attempt too (COMPLETED keeps it): a batch may also hold an older attempt's outcome.
            INSERT INTO unstuck.file_results (file_execution_id, organization_id, execution_id, result)
            SELECT m.id, m.organization_id, m.execution_id, i.result
-           FROM moved m JOIN input i ON i.id = m.id WHERE m.status = 'COMPLETED'
+           FROM moved m JOIN input i ON i.id = m.id AND i.attempt = m.attempt
+           WHERE m.status = 'COMPLETED'
          ), counts AS (${applyCounts('moved')})
          SELECT (SELECT array_agg(id::text) FROM moved) AS finished,
                 (SELECT json_agg(json_build_object('id', id::text, 'status', status))

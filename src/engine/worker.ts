@@ -112,7 +112,7 @@ export class Worker {
         const claimed = await claimFiles(this.db, this.id, room, this.options.executionId).catch(
           (e) => this.warn(e, 'claim', []),
         );
-        this.queued.push(...claimed);
+        this.queued.push(...this.notHeld(claimed));
         this.moreWork = claimed.length === room;
         this.startRunners();
         if (this.moreWork) continue;
@@ -122,6 +122,22 @@ export class Worker {
         this.wake = () => (clearTimeout(timer), resolve());
       });
     }
+  }
+
+  /**
+   * A claim lost in a server crash (claims commit asynchronously) puts a file this worker still
+   * holds back to PENDING at the same attempt, and this worker may claim it again. That must not
+   * start a second copy; and since the file is this worker's again, a running copy that a
+   * heartbeat meanwhile reported lost may record its outcome after all.
+   */
+  private notHeld(claimed: ClaimedFile[]): ClaimedFile[] {
+    const held = new Set(this.held().map((f) => `${f.id}:${f.attempt}`));
+    return claimed.filter((file) => {
+      const key = `${file.id}:${file.attempt}`;
+      const running = this.running.get(key);
+      if (running) running.lost = false;
+      return !held.has(key);
+    });
   }
 
   private adjustDepth(): void {
