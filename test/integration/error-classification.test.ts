@@ -328,21 +328,22 @@ describe('errors from a running server', () => {
 });
 
 describe('errors from a server stopping, full or starting', () => {
-  test('immediate shutdown: "Connection terminated unexpectedly" (57P01 as a notice), then ECONNREFUSED', async () => {
+  test('immediate shutdown: the in-flight query breaks (57P01 as a notice), then ECONNREFUSED', async () => {
     const server = await startTestServer();
     try {
       const c = await connected(server.url());
       const running = failure(c.query('SELECT pg_sleep(30)'));
       await server.stop('immediate');
-      expectClass(await running, 'connection', true, {
-        message: /Connection terminated unexpectedly/,
-      });
-      // The server's goodbye arrives as a notice (not an Error), before the socket closes.
-      assert.deepEqual(
-        c.notices.map((n) => n.code),
-        ['57P01'],
-        c.notices.map((n) => n.message).join('; '),
+      // Usually the socket's close; under load sometimes a reset (the backend died with our
+      // bytes unread), which shared/notes does not mention. Both are connection errors.
+      const error = await running;
+      expectClass(error, 'connection', true);
+      assert.ok(
+        /Connection terminated unexpectedly/.test(error.message) || error.code === 'ECONNRESET',
+        `${error.code} ${error.message}`,
       );
+      // The server's goodbye, when it gets out first, is a notice (not an Error).
+      for (const notice of c.notices) assert.equal(notice.code, '57P01', notice.message);
       expectClass(await failure(client(server.url()).connect()), 'unavailable', true, {
         code: 'ECONNREFUSED',
       });
