@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
-import type { ResolvedWorkflow } from '../workflow/definition.js';
+import { WorkflowError, type ResolvedWorkflow } from '../workflow/definition.js';
 import { writeResultFile } from '../workflow/output-folder.js';
 import { FileRejectedError, readConfinedFile } from '../workflow/read-file.js';
 import { createStepFile, messageOf, runSteps, StepError } from '../workflow/steps.js';
@@ -8,17 +8,26 @@ import { BinaryFileError } from '../workflow/decode-text.js';
 import type { ClaimedFile, Outcome } from './queue.js';
 
 /**
- * Takes one claimed file through its workflow and says how it went. It never throws: every
- * failure becomes an outcome with its reason, so one bad file cannot stop the others.
+ * Takes one claimed file through its workflow and says how it went. Every failure of the file
+ * or its workflow becomes an outcome with its reason, so one bad file cannot stop the others;
+ * only a database failure (loading the workflow) is thrown, and the file's lease brings it back.
  */
 export async function processFile(
-  workflow: ResolvedWorkflow,
+  load: (workflowId: string) => Promise<ResolvedWorkflow>,
   file: ClaimedFile,
   log: Logger,
 ): Promise<Outcome> {
+  const base = { id: file.id, attempt: file.attempt, sha256: null, result: null, timings: {} };
+  let workflow: ResolvedWorkflow;
+  try {
+    workflow = await load(file.workflowId);
+  } catch (error) {
+    // A folder or module missing on this machine may be back on the next attempt.
+    if (error instanceof WorkflowError) return failed(base, error, true, 1, file.attempt);
+    throw error;
+  }
   const { source, outputFolder } = workflow;
   const { options } = workflow.definition;
-  const base = { id: file.id, attempt: file.attempt, sha256: null, result: null, timings: {} };
   let content: Buffer;
   try {
     content = await readConfinedFile(source.path, file.path, source.maxFileSize);

@@ -167,11 +167,9 @@ export class Worker {
 
   private async run(file: ClaimedFile): Promise<Outcome | undefined> {
     try {
-      const workflow = await this.workflows.get(file.workflowId);
-      return await processFile(workflow, file, this.log);
+      return await processFile((id) => this.workflows.get(id), file, this.log);
     } catch (error) {
-      // Only the database can fail here (loading the workflow); the lease brings the file back.
-      this.warn(error, `load workflow ${file.workflowId}`);
+      this.warn(error, `load workflow ${file.workflowId}; the lease brings the file back`);
       return undefined;
     }
   }

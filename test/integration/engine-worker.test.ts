@@ -346,32 +346,24 @@ describe('worker', () => {
     await assertConsistent(u, executionId);
   });
 
-  test(
-    'a workflow the worker cannot load ends its files ERROR with the reason',
-    {
-      todo:
-        'Worker.run treats every load failure as a database fault and drops the file, so it ' +
-        'cycles through lease expiries and ends ERROR "lease expired" after maxAttempts leases',
-    },
-    async () => {
-      const u = await open();
-      const source = await sourceFolder(textFiles(['a.txt', 'b.txt']));
-      const { executionId } = await u.submit({
-        name: 'unloadable',
-        source: { type: 'local', path: source },
-        steps: ['count'],
-        options: { leaseSeconds: 1, maxAttempts: 2, retryDelaySeconds: 0 },
-      });
-      // The source folder is gone by the time a worker resolves the stored workflow.
-      await rm(source, { recursive: true, force: true });
-      startWorker(u);
-      const end = await finished(u, executionId);
-      assert.equal(end.status, 'ERROR');
-      for (const file of await u.files(executionId)) {
-        assert.match(file.error ?? '', /does not exist/, `${file.path}: the real reason`);
-      }
-    },
-  );
+  test('a workflow the worker cannot load ends its files ERROR with the reason', async () => {
+    const u = await open();
+    const source = await sourceFolder(textFiles(['a.txt', 'b.txt']));
+    const { executionId } = await u.submit({
+      name: 'unloadable',
+      source: { type: 'local', path: source },
+      steps: ['count'],
+      options: { leaseSeconds: 1, maxAttempts: 2, retryDelaySeconds: 0 },
+    });
+    // The source folder is gone by the time a worker resolves the stored workflow.
+    await rm(source, { recursive: true, force: true });
+    startWorker(u);
+    const end = await finished(u, executionId);
+    assert.equal(end.status, 'ERROR');
+    for (const file of await u.files(executionId)) {
+      assert.match(file.error ?? '', /does not exist/, `${file.path}: the real reason`);
+    }
+  });
 
   test('retry gives ERROR files a new attempt and they complete', async () => {
     const u = await open();
