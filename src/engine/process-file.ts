@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { WorkflowError, type ResolvedWorkflow } from '../workflow/definition.js';
-import { writeResultFile } from '../workflow/output-folder.js';
 import { FileRejectedError, readConfinedFile } from '../workflow/read-file.js';
 import { createStepFile, messageOf, runSteps, StepError } from '../workflow/steps.js';
 import { BinaryFileError } from '../workflow/decode-text.js';
@@ -48,7 +47,6 @@ export async function processFile(
       file.attempt,
       log,
     );
-    if (outputFolder) await writeResultFile(outputFolder, file.path, output);
     return {
       ...base,
       ok: true,
@@ -56,6 +54,7 @@ export async function processFile(
       sha256,
       result: output,
       timings,
+      ...(outputFolder && { output: { folder: outputFolder, path: file.path } }),
       error: null,
       retryDelaySeconds: 0,
     };

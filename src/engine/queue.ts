@@ -92,11 +92,15 @@ export interface Outcome extends HeldFile {
   timings: Record<string, number>;
   error: string | null;
   retryDelaySeconds: number;
+  /** Where to mirror the result once it is recorded as COMPLETED (the workflow's output folder). */
+  output?: { folder: string; path: string };
 }
 
 export interface FinishReport {
   /** Outcomes this call (or an earlier run of it whose reply was lost) recorded. */
   recorded: HeldFile[];
+  /** Those of them that made their file COMPLETED (not STOPPED, PENDING or ERROR). */
+  completed: string[];
   /** Outcomes dropped because another attempt holds, or finished, the file. */
   fencedOff: HeldFile[];
   /** Executions this call gave their final status. */
@@ -135,7 +139,7 @@ export async function finishFiles(
   // the second time and the read-back below finds what the first run recorded), so it is
   // retried even when a failure leaves unknown whether it landed.
   const { rows } = await db.query<{
-    finished: string[] | null;
+    finished: Record<string, string> | null;
     finalized: FinishReport['finalized'] | null;
   }>(
     `WITH input AS (
@@ -165,18 +169,19 @@ export async function finishFiles(
            FROM moved m JOIN input i ON i.id = m.id AND i.attempt = m.attempt
            WHERE m.status = 'COMPLETED'
          ), counts AS (${applyCounts('moved')})
-         SELECT (SELECT array_agg(id::text) FROM moved) AS finished,
+         SELECT (SELECT json_object_agg(id::text, status) FROM moved) AS finished,
                 (SELECT json_agg(json_build_object('id', id::text, 'status', status))
                    FROM counts WHERE finalized) AS finalized`,
     params,
     { name: 'finish files', idempotent: true, retry },
   );
-  const finished = new Set(rows[0]?.finished ?? []);
+  const finished = new Map(Object.entries(rows[0]?.finished ?? {}));
   const missing = outcomes.filter((o) => !finished.has(o.id));
-  const landedEarlier = await readBack(db, owner, missing);
+  const status = new Map([...finished, ...(await readBack(db, owner, missing))]);
   return {
-    recorded: outcomes.filter((o) => finished.has(o.id) || landedEarlier.has(o.id)),
-    fencedOff: missing.filter((o) => !landedEarlier.has(o.id)),
+    recorded: outcomes.filter((o) => status.has(o.id)),
+    completed: [...status].filter(([, s]) => s === 'COMPLETED').map(([id]) => id),
+    fencedOff: missing.filter((o) => !status.has(o.id)),
     finalized: rows[0]?.finalized ?? [],
   };
 }
@@ -186,16 +191,20 @@ export async function finishFiles(
  * commit already record? Finishing keeps the lease owner, and a retryable failure moves the
  * attempt on by one, so those rows still carry this owner and attempt (or attempt + 1).
  */
-async function readBack(db: Database, owner: string, missing: HeldFile[]): Promise<Set<string>> {
-  if (missing.length === 0) return new Set();
-  const { rows } = await db.query<{ id: string }>(
-    `SELECT f.id FROM unstuck.file_executions f
+async function readBack(
+  db: Database,
+  owner: string,
+  missing: HeldFile[],
+): Promise<Map<string, string>> {
+  if (missing.length === 0) return new Map();
+  const { rows } = await db.query<{ id: string; status: string }>(
+    `SELECT f.id, f.status FROM unstuck.file_executions f
      JOIN unnest($2::bigint[], $3::int[]) AS m(id, attempt) ON m.id = f.id
      WHERE f.lease_owner = $1 AND f.status <> 'EXECUTING' AND f.attempt IN (m.attempt, m.attempt + 1)`,
     [owner, missing.map((m) => m.id), missing.map((m) => m.attempt)],
     { name: 'read back finished files', idempotent: true },
   );
-  return new Set(rows.map((r) => r.id));
+  return new Map(rows.map((r) => [r.id, r.status]));
 }
 
 /** Gives files this owner holds back to PENDING, same attempt, for another worker (clean shutdown). */

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Database } from '../db/database.js';
 import { log as rootLog, type Logger } from '../log.js';
+import { writeResultFile } from '../workflow/output-folder.js';
 import { processFile } from './process-file.js';
 import {
   claimFiles,
@@ -185,7 +186,7 @@ export class Worker {
       while (this.outcomes.length > 0) {
         this.recording = this.outcomes.splice(0, 500);
         await finishFiles(this.db, this.id, this.recording, durable).then(
-          (report) => this.reported(report),
+          (report) => this.reported(report, this.recording),
           (e) =>
             this.warn(
               e,
@@ -199,7 +200,8 @@ export class Worker {
     }
   }
 
-  private reported(report: FinishReport): void {
+  private async reported(report: FinishReport, outcomes: Outcome[]): Promise<void> {
+    await this.mirrorResults(report, outcomes);
     if (report.fencedOff.length > 0) {
       this.log.warn(
         { files: report.fencedOff.map((f) => f.id) },
@@ -209,6 +211,22 @@ export class Worker {
     for (const e of report.finalized)
       this.log.info({ execution: e.id, status: e.status }, 'execution finished');
     this.options.onFinished?.(report);
+  }
+
+  /**
+   * Written only once the result is recorded as COMPLETED, so the output folder never holds a
+   * file that ended STOPPED, nor one whose lease another worker had taken over.
+   */
+  private async mirrorResults(report: FinishReport, outcomes: Outcome[]): Promise<void> {
+    const completed = new Set(report.completed);
+    const writes = outcomes
+      .filter((o) => o.output && completed.has(o.id))
+      .map((o) =>
+        writeResultFile(o.output!.folder, o.output!.path, o.result).catch((e) =>
+          this.warn(e, `write the output file of ${o.output!.path}`),
+        ),
+      );
+    await Promise.all(writes);
   }
 
   private held(): HeldFile[] {
