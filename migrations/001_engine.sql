@@ -55,6 +55,10 @@ CREATE TABLE unstuck.file_executions (
   available_at     timestamptz NOT NULL DEFAULT now(),
   lease_owner      text,
   lease_expires_at timestamptz,
+  -- Whose outcome was recorded last, for which attempt: a worker re-running a recording
+  -- whose reply it lost finds here that its first try landed.
+  recorded_by      text,
+  recorded_attempt integer,
   created_at       timestamptz NOT NULL DEFAULT now(),
   started_at       timestamptz,
   finished_at      timestamptz,

@@ -156,7 +156,7 @@ export async function finishFiles(
              attempt = CASE WHEN ${retrying} THEN f.attempt + 1 ELSE f.attempt END,
              available_at = now() + make_interval(secs => i.retry_delay),
              finished_at = CASE WHEN ${retrying} THEN NULL ELSE now() END,
-             lease_expires_at = NULL,
+             lease_expires_at = NULL, recorded_by = $1, recorded_attempt = f.attempt,
              sha256 = i.sha256, step_timings = i.timings, error = i.error
            FROM input i, unstuck.workflow_executions e
            WHERE f.id = i.id AND f.attempt = i.attempt AND f.lease_owner = $1
@@ -187,9 +187,9 @@ export async function finishFiles(
 }
 
 /**
- * For outcomes whose compare-and-set matched nothing: which did this owner's own earlier
- * commit already record? Finishing keeps the lease owner, and a retryable failure moves the
- * attempt on by one, so those rows still carry this owner and attempt (or attempt + 1).
+ * For outcomes whose compare-and-set matched nothing: which did this owner's own earlier run of
+ * the same recording already land (its reply lost)? Recording marks the row with its owner and
+ * attempt, whatever happened to the file since.
  */
 async function readBack(
   db: Database,
@@ -200,7 +200,7 @@ async function readBack(
   const { rows } = await db.query<{ id: string; status: string }>(
     `SELECT f.id, f.status FROM unstuck.file_executions f
      JOIN unnest($2::bigint[], $3::int[]) AS m(id, attempt) ON m.id = f.id
-     WHERE f.lease_owner = $1 AND f.status <> 'EXECUTING' AND f.attempt IN (m.attempt, m.attempt + 1)`,
+     WHERE f.recorded_by = $1 AND f.recorded_attempt = m.attempt`,
     [owner, missing.map((m) => m.id), missing.map((m) => m.attempt)],
     { name: 'read back finished files', idempotent: true },
   );
