@@ -74,6 +74,12 @@ const pgbouncerOf = (ctx: FaultContext) => {
 
 export const faults: Fault[] = [
   {
+    name: 'none',
+    path: 'proxy',
+    description: 'no fault: the reference the other rows compare with',
+    inject: async () => undefined,
+  },
+  {
     name: 'terminate-storm',
     path: 'proxy',
     description: 'pg_terminate_backend on every backend every 100-500 ms for 4-6 s',

@@ -11,7 +11,7 @@ const { values } = parseArgs({
     fault: { type: 'string', multiple: true },
     seed: { type: 'string' },
     seeds: { type: 'string', default: '1' },
-    files: { type: 'string', default: '300' },
+    files: { type: 'string', default: '500' },
     timeout: { type: 'string', default: '90' },
     keep: { type: 'boolean', default: false },
     list: { type: 'boolean', default: false },

@@ -35,3 +35,12 @@ export async function lastFinished(admin: pg.Pool): Promise<number | undefined> 
   );
   return rows[0]?.at ?? undefined;
 }
+
+/** Seconds from the first claim to the last terminal file: how long the work took. */
+export async function workSpan(admin: pg.Pool): Promise<number | undefined> {
+  const { rows } = await admin.query<{ span: number | null }>(
+    `SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 AS span
+     FROM unstuck.file_executions`,
+  );
+  return rows[0]?.span ?? undefined;
+}

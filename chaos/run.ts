@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { startCluster, type Cluster } from './cluster.js';
 import type { Fault } from './faults.js';
 import { checkInvariants, type Expectation, type Tally } from './invariants.js';
-import { allTerminal, lastFinished, progress } from './progress.js';
+import { allTerminal, lastFinished, progress, workSpan } from './progress.js';
 import { random } from './random.js';
 import { submit } from './submit.js';
 import { waitFor, within } from './wait.js';
@@ -71,7 +71,7 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       fleet.startMany(options.workers ?? 3),
     ]);
     if (submission.failure) throw new Error(`submission failed: ${submission.failure}`);
-    const share = random(seed, 'trigger').between(0.1, 0.3);
+    const share = random(seed, 'trigger').between(0.05, 0.2);
     await waitFor(async () => (await progress(c.admin)).done >= share * options.files, {
       timeoutMs: left(),
       intervalMs: 10,
@@ -90,7 +90,7 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
   } catch (error) {
     violations.push(`harness: ${(error as Error).message}`);
   }
-  const outcome = await inspect(cluster, fleet, expected, faultEnd, violations);
+  const outcome = await inspect(cluster, fleet, expected, faultEnd, violations, notes);
   await cluster?.destroy();
   if (violations.length === 0 && !options.keep) await rm(dir, { recursive: true, force: true });
   return {
@@ -111,6 +111,7 @@ export async function inspect(
   expected: Expectation[],
   faultEnd: number | undefined,
   violations: string[],
+  notes: string[] = [],
 ): Promise<Omit<Tally, 'violations'> & { logs: LogSummary; recoverySeconds?: number }> {
   let logs: LogSummary = emptyLogs();
   if (fleet) {
@@ -133,6 +134,8 @@ export async function inspect(
       return emptyTally();
     });
     violations.push(...tally.violations);
+    const span = await workSpan(admin).catch(() => undefined);
+    if (span !== undefined) notes.push(`work took ${span.toFixed(1)} s`);
     const last = await lastFinished(admin).catch(() => undefined);
     if (last !== undefined && faultEnd !== undefined) {
       recoverySeconds = Math.max(0, (last - faultEnd) / 1000);

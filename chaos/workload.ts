@@ -35,7 +35,7 @@ export interface WorkloadOptions {
 export const defaultWorkload = {
   leaseSeconds: 3,
   maxAttempts: 6,
-  stepMs: [2, 12] as [number, number],
+  stepMs: [5, 50] as [number, number],
 };
 
 export async function createWorkload(
