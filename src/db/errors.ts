@@ -30,6 +30,7 @@ type Rule = { class: ErrorClass; discard: boolean } & (
 // Order matters: the first rule that matches wins. PgBouncer reports everything as 08P01
 // with the reason only in the text, so its message rules come before the generic 08xxx row.
 const rules: Rule[] = [
+  { message: /unsupported startup parameter/i, class: 'permanent', discard: true }, // PgBouncer: a configuration error
   {
     message:
       /server login has been failing|server shutting down|pgbouncer cannot connect to server/i,

@@ -468,17 +468,17 @@ describe('settings take effect', () => {
       const statementTimeoutMs = 500;
 
       // What really happens: PgBouncer refuses the login with 08P01 "unsupported startup
-      // parameter", which the layer (wrongly) treats as a broken connection and retries until
-      // the budget runs out. Either way the call fails and names the parameter.
-      const off = database(bouncer.url(url), { statementTimeoutMs, retry: { budgetMs: 1_000 } });
-      await assert.rejects(off.query('SELECT 1'), (e: unknown) => {
-        const cause = e instanceof DatabaseUnavailableError ? e.cause : e;
-        assert.match(
-          String((cause as Error).message),
-          /unsupported startup parameter: statement_timeout/,
-        );
-        return true;
-      });
+      // parameter: statement_timeout". A configuration error: raised at once, never retried.
+      const off = database(bouncer.url(url), { statementTimeoutMs });
+      const before = await countFrom(dbMetrics.retries);
+      const refused = await timed(() => off.query('SELECT 1'));
+      assert.match(
+        String((refused.error as Error).message),
+        /unsupported startup parameter: statement_timeout/,
+      );
+      assert.equal((refused.error as { code?: string }).code, '08P01');
+      assert.equal(await before.delta(), 0, 'not retried');
+      assert.ok(refused.ms < 1_000, `failed at once: ${refused.ms} ms`);
 
       const on = database(bouncer.url(url), { statementTimeoutMs, pgbouncer: true });
       assert.equal((await on.query('SELECT 1 AS one')).rows[0]?.one, 1);

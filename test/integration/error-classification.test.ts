@@ -609,26 +609,20 @@ describe('errors through a real PgBouncer', { skip: noPgBouncer }, () => {
   });
 
   // A configuration error, not a broken connection: retrying cannot make PgBouncer accept it.
-  test(
-    'PgBouncer rejects a statement_timeout startup parameter: should be permanent',
-    {
-      todo: 'bug in src/db/errors.ts: 08P01 "unsupported startup parameter" is classed connection',
-    },
-    async () => {
-      const server = await sharedTestServer();
-      const bouncer = await startPgBouncer(server);
-      try {
-        const error = await failure(
-          client(bouncer.url(server.url()), { statement_timeout: 1000 }).connect(),
-        );
-        assert.match(error.message, /unsupported startup parameter: statement_timeout/);
-        assert.equal(error.code, '08P01');
-        expectClass(error, 'permanent', true);
-      } finally {
-        await bouncer.destroy();
-      }
-    },
-  );
+  test('PgBouncer rejects a statement_timeout startup parameter: permanent (a configuration error)', async () => {
+    const server = await sharedTestServer();
+    const bouncer = await startPgBouncer(server);
+    try {
+      const error = await failure(
+        client(bouncer.url(server.url()), { statement_timeout: 1000 }).connect(),
+      );
+      assert.match(error.message, /unsupported startup parameter: statement_timeout/);
+      assert.equal(error.code, '08P01');
+      expectClass(error, 'permanent', true);
+    } finally {
+      await bouncer.destroy();
+    }
+  });
 });
 
 describe('errors that cannot be produced on loopback (hand-made, shaped like node-postgres)', () => {

@@ -94,11 +94,6 @@ const bad: Record<string, { value: string; why: string }[]> = {
     { value: '80', why: 'privileged port' },
     { value: '65536', why: 'above the maximum' },
   ],
-  UNSTUCK_LEASE_SECONDS: [
-    { value: 'x', why: 'not a number' },
-    { value: '-30', why: 'negative' },
-    { value: '0', why: 'below the minimum' },
-  ],
 };
 
 describe('loadConfig rejects bad values, naming the variable and the accepted form', () => {
