@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { Database, Queryable, QueryOptions } from '../db/database.js';
 import { listFiles } from '../workflow/local-folder-source.js';
 import type { ResolvedWorkflow } from '../workflow/definition.js';
@@ -52,11 +53,20 @@ export async function submitExecution(
 ): Promise<{ executionId: string; total: number }> {
   const workflowId = await saveWorkflow(db, scope, workflow.definition);
   const { maxAttempts, leaseSeconds } = workflow.definition.options;
+  // Chosen once, outside the transaction: a re-run after a COMMIT whose reply was lost finds
+  // what the first run made, rather than submitting the same files a second time.
+  const submissionKey = randomUUID();
   return db.transaction(
     async (tx) => {
+      const earlier = await tx.query<{ id: string; total: number }>(
+        'SELECT id, total FROM unstuck.workflow_executions WHERE submission_key = $1',
+        [submissionKey],
+      );
+      if (earlier.rows[0]) return { executionId: earlier.rows[0].id, total: earlier.rows[0].total };
       const { rows } = await tx.query<{ id: string }>(
-        'INSERT INTO unstuck.workflow_executions (organization_id, workflow_id) VALUES ($1, $2) RETURNING id',
-        [scope.organizationId, workflowId],
+        `INSERT INTO unstuck.workflow_executions (organization_id, workflow_id, submission_key)
+         VALUES ($1, $2, $3) RETURNING id`,
+        [scope.organizationId, workflowId, submissionKey],
       );
       const executionId = rows[0]!.id;
       let total = 0;

@@ -13,12 +13,16 @@ import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../../src/config.js';
+import type pg from 'pg';
 import type { Database } from '../../src/db/database.js';
 import { migrate } from '../../src/db/migrate.js';
+import { organizationScope, submitExecution } from '../../src/engine/executions.js';
 import { claimFiles, finishFiles, type HeldFile, type Outcome } from '../../src/engine/queue.js';
 import { sweep } from '../../src/engine/recovery.js';
 import { Unstuck } from '../../src/unstuck.js';
+import { parseWorkflow, resolveWorkflow } from '../../src/workflow/definition.js';
 import { testDatabase, waitFor } from '../harness/db.js';
+import { FaultProxy } from '../harness/fault-proxy.js';
 import { sharedTestServer, type TestServer } from '../harness/server.js';
 
 const gateStep = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/engine/gate.mjs');
@@ -202,5 +206,68 @@ describe('a worker that claims again a file it is still running', () => {
     assert.equal(lines.length, 1, `the step ran once, not: ${lines.join(' / ')}`);
     const [done] = await u.files(executionId);
     assert.equal(done?.attempt, 1, 'no new attempt was needed');
+  });
+});
+
+// A submission whose COMMIT landed but whose reply was lost was run again whole by the retry,
+// and made a second execution of the same files: every file processed twice.
+describe('a submission whose commit reply is lost', () => {
+  test('makes one execution, not two', async () => {
+    const url = await server.createDatabase();
+    const direct = testDatabase(url);
+    closers.push(() => direct.close());
+    await migrate(direct);
+    const dir = await mkdtemp(join(tmpdir(), 'unstuck-chaos-submit-'));
+    closers.push(() => rm(dir, { recursive: true, force: true }));
+    for (const name of ['a.txt', 'b.txt']) await writeFile(join(dir, name), name);
+    const workflow = await resolveWorkflow(
+      parseWorkflow({
+        name: 'submit-once',
+        source: { type: 'local', path: dir },
+        steps: ['count'],
+      }),
+      dir,
+    );
+    const proxy = await FaultProxy.start({ port: server.port });
+    closers.push(() => proxy.close());
+    const proxied = testDatabase(proxy.url(url), { poolSize: 1 });
+    closers.push(() => proxied.close());
+    // From the COMMIT on, every byte takes 1.5 s each way: time to see it land, then cut.
+    let committing = false;
+    proxied.pool.on('connect', (client: pg.PoolClient) => {
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+      (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+        if (!committing && args[0] === 'COMMIT') {
+          committing = true;
+          proxy.setLatency(1_500);
+        }
+        return query(...args);
+      };
+    });
+    const executions = async () => {
+      const { rows } = await direct.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM unstuck.workflow_executions',
+      );
+      return rows[0]!.n;
+    };
+    const scope = await organizationScope(direct);
+    let settled = false;
+    const submitting = submitExecution(proxied, scope, workflow).finally(() => (settled = true));
+    await waitFor(async () => (await executions()) > 0, {
+      timeoutMs: 15_000,
+      intervalMs: 5,
+      message: 'the first commit to land',
+    });
+    assert.equal(settled, false, 'the reply had not reached the client when the wire was cut');
+    proxy.cutAll('rst');
+    proxy.setLatency(0);
+    const { executionId, total } = await submitting;
+    assert.equal(total, 2);
+    assert.equal(await executions(), 1, 'the retry found the execution its first try made');
+    const { rows } = await direct.query<{ id: string; files: number }>(
+      `SELECT e.id::text, count(f.id)::int AS files FROM unstuck.workflow_executions e
+       LEFT JOIN unstuck.file_executions f ON f.execution_id = e.id GROUP BY e.id`,
+    );
+    assert.deepEqual(rows, [{ id: executionId, files: 2 }]);
   });
 });
