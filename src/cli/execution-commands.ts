@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import type { Status } from '../engine/executions.js';
 import { packageRoot } from '../paths.js';
 import type { Unstuck } from '../unstuck.js';
@@ -8,7 +8,7 @@ import {
   workflowFromSteps,
   type WorkflowDefinition,
 } from '../workflow/definition.js';
-import { NotFoundError } from './exit.js';
+import { NotFoundError, UsageError } from './exit.js';
 import { executionsTable, filesTable, print, resultsTable, summaryLine } from './print.js';
 import { progressDisplay } from './progress.js';
 import { onShutdown, positiveInt, withUnstuck } from './session.js';
@@ -42,7 +42,8 @@ async function workflowFrom(
   folder: string | undefined,
   flags: WorkflowFlags,
 ): Promise<WorkflowDefinition> {
-  if (flags.workflow && flags.steps) throw new Error('give either --steps or --workflow, not both');
+  if (flags.workflow && flags.steps)
+    throw new UsageError('give either --steps or --workflow, not both');
   const source = {
     ...(flags.include && { include: flags.include }),
     ...(flags.exclude && { exclude: flags.exclude }),
@@ -56,7 +57,7 @@ async function workflowFrom(
       ...(destination && { destination }),
     };
   }
-  if (!folder) throw new Error('name a folder to process, or a --workflow file');
+  if (!folder) throw new UsageError('name a folder to process, or a --workflow file');
   const steps = (flags.steps ?? defaultSteps)
     .split(',')
     .map((s) => s.trim())
@@ -109,24 +110,27 @@ export function executionCommands(program: Command): void {
       'files processed at once (default: the workflow’s concurrency)',
       positiveInt,
     )
-    .action((folder: string | undefined, flags: WorkflowFlags & { workers?: number }) =>
-      withUnstuck(async (u) => {
-        await runExecution(u, await workflowFrom(folder, flags), flags.workers, !!flags.json);
-      }),
-    );
+    .action(async (folder: string | undefined, flags: WorkflowFlags & { workers?: number }) => {
+      // Read first: a bad workflow file is reported without opening (or starting) a database.
+      const def = await workflowFrom(folder, flags);
+      await withUnstuck(async (u) => {
+        await runExecution(u, def, flags.workers, !!flags.json);
+      });
+    });
 
   workflowOptions(program.command('submit'))
     .description('create an execution and print its id; `unstuck worker` processes it')
-    .action((folder: string | undefined, flags: WorkflowFlags) =>
-      withUnstuck(async (u) => {
-        const { executionId, total } = await u.submit(await workflowFrom(folder, flags));
+    .action(async (folder: string | undefined, flags: WorkflowFlags) => {
+      const def = await workflowFrom(folder, flags);
+      await withUnstuck(async (u) => {
+        const { executionId, total } = await u.submit(def);
         print(
           !!flags.json,
           { executionId },
           () => `execution ${executionId}: ${total} files submitted`,
         );
-      }),
-    );
+      });
+    });
 
   program
     .command('worker')
@@ -144,7 +148,7 @@ export function executionCommands(program: Command): void {
   program
     .command('status')
     .description('one execution in detail, or the most recent ones')
-    .argument('[execution-id]')
+    .argument('[execution-id]', 'an execution id', executionId)
     .option('--json', 'print JSON for scripts')
     .action((id: string | undefined, flags: { json?: boolean }) =>
       withUnstuck(async (u) => {
@@ -160,7 +164,7 @@ export function executionCommands(program: Command): void {
   program
     .command('files')
     .description('the file executions of an execution')
-    .argument('<execution-id>')
+    .argument('<execution-id>', 'an execution id', executionId)
     .option(
       '--status <status>',
       'only PENDING, EXECUTING, COMPLETED, ERROR or STOPPED files',
@@ -180,7 +184,7 @@ export function executionCommands(program: Command): void {
     .description(
       'stop an execution: pending files stop at once, running ones when their step returns',
     )
-    .argument('<execution-id>')
+    .argument('<execution-id>', 'an execution id', executionId)
     .option('--json', 'print JSON for scripts')
     .action((id: string, flags: { json?: boolean }) =>
       withUnstuck(async (u) => {
@@ -192,7 +196,7 @@ export function executionCommands(program: Command): void {
   program
     .command('retry')
     .description('give every ERROR file of an execution a new attempt')
-    .argument('<execution-id>')
+    .argument('<execution-id>', 'an execution id', executionId)
     .option('--json', 'print JSON for scripts')
     .action((id: string, flags: { json?: boolean }) =>
       withUnstuck(async (u) => {
@@ -233,9 +237,15 @@ async function found<T>(value: Promise<T | undefined>, id: string): Promise<T> {
 function status(value: string): Status {
   const upper = value.toUpperCase();
   if (!['PENDING', 'EXECUTING', 'COMPLETED', 'ERROR', 'STOPPED'].includes(upper)) {
-    throw new Error(
+    throw new InvalidArgumentError(
       `--status must be PENDING, EXECUTING, COMPLETED, ERROR or STOPPED, got "${value}"`,
     );
   }
   return upper as Status;
+}
+
+/** Execution ids are whole numbers (bigint): anything else names no execution. */
+function executionId(value: string): string {
+  if (!/^\d{1,18}$/.test(value)) throw new NotFoundError(`execution ${value} does not exist`);
+  return value;
 }

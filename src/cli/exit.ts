@@ -19,12 +19,18 @@ export class NotFoundError extends Error {
   override name = 'NotFoundError';
 }
 
+/** The command line asks for something that cannot be done as given (exit 2, like commander's own). */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
 /** One line for the user, and the exit code that says what kind of failure it was. */
 export function describeFailure(error: unknown): { message: string; code: number } {
   const message = error instanceof Error ? error.message : String(error);
   if (
     error instanceof ConfigError ||
     error instanceof WorkflowError ||
+    error instanceof UsageError ||
     error instanceof PortInUseError
   ) {
     return { message, code: exitCodes.badInput };

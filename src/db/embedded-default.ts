@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
-import type { Config } from '../config.js';
+import { ConfigError, type Config } from '../config.js';
 import { log } from '../log.js';
 import { EmbeddedServer, mkdirReachable } from './embedded-server.js';
 
@@ -57,7 +57,16 @@ function readOrCreatePassword(base: string, passwordFile: string): string {
 /** The server behind the default database, for `unstuck db start|stop|status`. */
 export function embeddedServerFor(config: Config): EmbeddedServer {
   const { base, dataDir, passwordFile } = embeddedPaths(config);
-  const password = readOrCreatePassword(base, passwordFile);
+  let password: string;
+  try {
+    password = readOrCreatePassword(base, passwordFile);
+  } catch (err) {
+    // A folder that cannot be made or read (a file in the way, no permission) is a setting to fix.
+    throw new ConfigError(
+      `invalid configuration:\n  UNSTUCK_DATA_DIR=${JSON.stringify(config.dataDir)} cannot be used: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
   return new EmbeddedServer({ dataDir, port: config.embeddedPort, password });
 }
 
