@@ -432,6 +432,61 @@ describe('outages: budgets, blackholes, the probe, surviving clients', () => {
     await server.destroy();
   });
 
+  test('a COMMIT whose reply is lost landed: the re-run finds its row and records nothing twice', async () => {
+    const server = await sharedTestServer();
+    const url = await server.createDatabase();
+    await createWorkloadTables(url);
+    const proxy = await FaultProxy.start({ port: server.port });
+    cleanups.push(() => proxy.close());
+    const db = database(proxy.url(url));
+    await db.query('SELECT 1'); // connect before the wire gets slow
+    // 400 ms each way: the COMMIT reaches the server 400 ms after it is sent, its reply would
+    // reach us 400 ms later; the cut at 600 ms falls between the two, with 200 ms to spare.
+    proxy.setLatency(400);
+    const inserted: number[] = [];
+    await db.transaction(async (tx) => {
+      const result = await tx.query(
+        "INSERT INTO items (id) VALUES ('only') ON CONFLICT DO NOTHING",
+      );
+      inserted.push(result.rowCount ?? -1);
+      if (result.rowCount === 1) await tx.query('UPDATE counter SET n = n + 1 WHERE id = 1');
+      if (inserted.length === 1) {
+        setTimeout(() => {
+          proxy.setLatency(0);
+          proxy.cutAll('rst');
+        }, 600).unref();
+      }
+    });
+    assert.deepEqual(inserted, [1, 0], 'the second run found the first COMMIT landed');
+    assert.deepEqual(await direct(url, 'SELECT id FROM items'), [{ id: 'only' }]);
+    assert.deepEqual(await direct(url, 'SELECT n FROM counter'), [{ n: 1 }]);
+    await proxy.close();
+  });
+
+  test('max_connections reached: the layer backs off (overload) and gets in when a slot frees', async () => {
+    const server = await startTestServer({
+      settings: { max_connections: 5, superuser_reserved_connections: 1 },
+    });
+    cleanups.push(() => server.destroy());
+    const held: pg.Client[] = [];
+    for (let i = 0; i < 5; i++) {
+      const c = new pg.Client({ connectionString: server.url() });
+      c.on('error', () => undefined);
+      await c.connect();
+      held.push(c);
+    }
+    const db = database(server.url());
+    const overloads = await countFrom(dbMetrics.retries, { class: 'overload' });
+    const call = db.query<{ one: number }>('SELECT 1 AS one');
+    await waitFor(async () => (await overloads.delta()) >= 2, {
+      message: 'the layer retrying a full server',
+    });
+    await held.pop()!.end();
+    assert.deepEqual((await call).rows, [{ one: 1 }]);
+    await Promise.all(held.map((c) => c.end()));
+    await server.destroy();
+  });
+
   test('idle and checked-out clients survive a server kill; the next query works', async () => {
     const server = await startTestServer();
     cleanups.push(() => server.destroy());
