@@ -14,7 +14,7 @@ import { configReference } from '../../src/config.js';
 import { packageRoot } from '../../src/paths.js';
 import { waitFor } from '../harness/db.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
-import { freePort, sharedTestServer, type TestServer } from '../harness/server.js';
+import { freePort, sharedTestServer, startTestServer, type TestServer } from '../harness/server.js';
 
 // ---- running the CLI -------------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ function cliEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessE
 function spawnCli(
   args: string[],
   { env, cwd = packageRoot, timeoutMs = 60_000 }: CliOptions = {},
-): { child: ChildProcess; result: Promise<CliResult> } {
+): { child: ChildProcess; result: Promise<CliResult>; stderr(): string } {
   const started = Date.now();
   const child = spawn(process.execPath, ['--import', tsxLoader, mainScript, ...args], {
     cwd,
@@ -85,7 +85,7 @@ function spawnCli(
       resolve({ code, signal, stdout, stderr, ms: Date.now() - started, timedOut });
     });
   });
-  return { child, result };
+  return { child, result, stderr: () => stderr };
 }
 
 const cli = (args: string[], options?: CliOptions) => spawnCli(args, options).result;
@@ -472,12 +472,12 @@ describe('a submit interrupted mid-listing', { timeout: 150_000 }, () => {
   });
 
   /** Resolves once the submit's transaction is open and has inserted file rows (not committed). */
-  function listingUnderWay(url: string) {
+  function listingUnderWay(url: string, on = server) {
     const database = new URL(url).pathname.slice(1);
     return waitFor(
       async () => {
         const rows = await sql(
-          server.url(),
+          on.url(),
           `SELECT pid FROM pg_stat_activity
            WHERE datname = $1 AND xact_start IS NOT NULL
              AND query LIKE 'INSERT INTO unstuck.file_executions%'`,
@@ -510,6 +510,33 @@ describe('a submit interrupted mid-listing', { timeout: 150_000 }, () => {
     assert.deepEqual(executions, [
       { id: executionId, total: bigCount, files: bigCount, executing: 0 },
     ]);
+  });
+
+  test('the server stopped mid-listing: the submit waits for it and records all files once', async () => {
+    const own = await startTestServer();
+    try {
+      const url = await own.createDatabase();
+      const submit = spawnCli(['submit', bigFolder, '--json'], {
+        env: { DATABASE_URL: url },
+        timeoutMs: 120_000,
+      });
+      await listingUnderWay(url, own);
+      await own.stop('fast');
+      // Start it again only once the submit is seen waiting for the server that is gone.
+      await waitFor(() => /"op":"submit execution".*"code":"ECONNREFUSED"/.test(submit.stderr()), {
+        timeoutMs: 30_000,
+        message: 'the submit to retry against the stopped server',
+      });
+      await own.start();
+      const r = await submit.result;
+      assertExit(r, 0, 'submit across a server restart');
+      const { executionId } = JSON.parse(r.stdout) as { executionId: string };
+      assert.deepEqual(await executionsWithFiles(url), [
+        { id: executionId, total: bigCount, files: bigCount, executing: 0 },
+      ]);
+    } finally {
+      await own.destroy();
+    }
   });
 
   test('a submit killed mid-listing leaves nothing: no execution without its files', async () => {
