@@ -156,6 +156,8 @@ export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '*****';
+    // node-postgres also takes the password as a query parameter.
+    if (u.searchParams.has('password')) u.searchParams.set('password', '*****');
     return u.toString();
   } catch {
     return url.replace(/\/\/([^:/@]*):[^@]*@/, '//$1:*****@');

@@ -6,6 +6,7 @@ export {
   type QueryOptions,
   type TransactionOptions,
   type Queryable,
+  type Transaction,
 } from './db/database.js';
 export { classify, DatabaseUnavailableError, type ErrorClass } from './db/errors.js';
 export { migrate, SchemaTooNewError } from './db/migrate.js';

@@ -1,4 +1,3 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 import type { Config } from '../config.js';
 import { log as rootLog, type Logger } from '../log.js';
@@ -68,8 +67,9 @@ export function databaseOptions(config: Config, url: string): DatabaseOptions {
   };
 }
 
-interface OpenTransaction extends Queryable {
-  open: boolean;
+/** The handle a transaction function gets: its statements, and nested units that join it. */
+export interface Transaction extends Queryable {
+  transaction<T>(fn: (tx: Transaction) => Promise<T>): Promise<T>;
 }
 
 // Errors raised before a statement reached the server: retrying them can never run it twice.
@@ -90,10 +90,10 @@ const wasUnsent = (error: unknown) =>
  */
 export class Database implements Queryable {
   readonly pool: pg.Pool;
-  private readonly current = new AsyncLocalStorage<OpenTransaction>();
   private readonly probe: ServerProbe;
   private readonly log: Logger;
   private readonly beginSql: Record<NonNullable<TransactionOptions['isolation']>, string>;
+  private readonly timeoutPerTransaction: boolean;
 
   constructor(private readonly options: DatabaseOptions) {
     this.log = (options.log ?? rootLog).child({ module: 'db' });
@@ -127,11 +127,12 @@ export class Database implements Queryable {
       () => this.check(connection),
       options.probeIntervalMs ?? 200,
       this.log,
+      options.random,
     );
-    const timeout =
-      options.pgbouncer && options.statementTimeoutMs > 0
-        ? `; SET LOCAL statement_timeout = ${Math.round(options.statementTimeoutMs)}`
-        : '';
+    this.timeoutPerTransaction = options.pgbouncer && options.statementTimeoutMs > 0;
+    const timeout = this.timeoutPerTransaction
+      ? `; SET LOCAL statement_timeout = ${Math.round(options.statementTimeoutMs)}`
+      : '';
     this.beginSql = {
       'read committed': `BEGIN${timeout}`,
       'repeatable read': `BEGIN ISOLATION LEVEL REPEATABLE READ${timeout}`,
@@ -140,56 +141,70 @@ export class Database implements Queryable {
   }
 
   /**
-   * Runs one statement. Inside transaction() it joins that transaction (the outermost unit
-   * retries). Otherwise a failure before sending is always retried; after sending, only when
-   * the caller declares the statement idempotent.
+   * Runs one statement on its own. A failure before sending is always retried; after sending,
+   * only when the caller declares the statement idempotent. Inside a transaction, use the
+   * handle the transaction gave you: this starts an independent unit of work.
    */
   query<R extends Row = Row>(
     sql: string,
     params?: unknown[],
     options: QueryOptions = {},
   ): Promise<Result<R>> {
-    const tx = this.current.getStore();
-    if (tx?.open) return tx.query<R>(sql, params);
     return this.retrying(options.name ?? 'query', options.retry, options.idempotent ?? false, () =>
-      this.withClient((client) => this.send<R>(client, sql, params)),
+      this.withClient((client) =>
+        // Behind PgBouncer only a transaction can carry a statement timeout.
+        this.timeoutPerTransaction
+          ? this.inTransaction(client, this.beginSql['read committed'], (tx) =>
+              tx.query<R>(sql, params),
+            )
+          : this.send<R>(client, sql, params),
+      ),
     );
   }
 
   /**
    * Runs fn in one transaction. On a retryable failure the whole of fn runs again on a fresh
    * connection, so fn must decide its statements from what it reads, and be safe to re-run
-   * (a COMMIT whose reply was lost may have landed). Nested calls join the outer transaction.
+   * (a COMMIT whose reply was lost may have landed). `tx.transaction(inner)` joins this
+   * transaction: only the outermost unit retries.
    */
-  transaction<T>(fn: (tx: Queryable) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
-    const outer = this.current.getStore();
-    if (outer?.open) return fn(outer);
+  transaction<T>(
+    fn: (tx: Transaction) => Promise<T>,
+    options: TransactionOptions = {},
+  ): Promise<T> {
     const begin = this.beginSql[options.isolation ?? 'read committed'];
     return this.retrying(options.name ?? 'transaction', options.retry, true, () =>
-      this.withClient(async (client) => {
-        const tx: OpenTransaction = {
-          open: true,
-          query: (sql, params) =>
-            tx.open
-              ? this.send(client, sql, params)
-              : Promise.reject(new Error('transaction already ended')),
-        };
-        await this.send(client, begin);
-        try {
-          const result = await this.current.run(tx, () => fn(tx));
-          await this.send(client, 'COMMIT');
-          return result;
-        } catch (error) {
-          if (!classify(error).discardConnection) {
-            await this.send(client, 'ROLLBACK').catch(() => doubtful.add(client));
-          }
-          throw error;
-        } finally {
-          // Work fn left behind (a timer, an unawaited promise) must not use a released client.
-          tx.open = false;
-        }
-      }),
+      this.withClient((client) => this.inTransaction(client, begin, fn)),
     );
+  }
+
+  private async inTransaction<T>(
+    client: pg.PoolClient,
+    begin: string,
+    fn: (tx: Transaction) => Promise<T>,
+  ): Promise<T> {
+    let open = true;
+    const tx: Transaction = {
+      // Work fn left behind (a timer, an unawaited promise) must not use a released client.
+      query: (sql, params) =>
+        open
+          ? this.send(client, sql, params)
+          : Promise.reject(new Error('transaction already ended')),
+      transaction: (inner) => inner(tx),
+    };
+    await this.send(client, begin);
+    try {
+      const result = await fn(tx);
+      await this.send(client, 'COMMIT');
+      return result;
+    } catch (error) {
+      if (!classify(error).discardConnection) {
+        await this.send(client, 'ROLLBACK').catch(() => doubtful.add(client));
+      }
+      throw error;
+    } finally {
+      open = false;
+    }
   }
 
   async close(): Promise<void> {

@@ -65,6 +65,6 @@ export async function migrate(
       }
       return { applied, version: Math.max(newest, latest) };
     },
-    { name: 'migrate', retry: { budgetMs: 120_000 } },
+    { name: 'migrate' },
   );
 }

@@ -15,6 +15,7 @@ export class ServerProbe {
     private readonly check: () => Promise<void>,
     private readonly intervalMs: number,
     private readonly log: Logger,
+    private readonly random: () => number = Math.random,
   ) {}
 
   /** Waits `ms`, or less if the probe sees the server answer first. */
@@ -36,8 +37,10 @@ export class ServerProbe {
     try {
       while (this.waiters.size > 0) {
         if (await this.answers()) {
+          // Spread over one interval, with jitter: all at once would pile onto a server that
+          // has just come back, which the backoff's jitter exists to avoid.
           const woken = [...this.waiters];
-          woken.forEach((wake) => wake());
+          woken.forEach((wake) => setTimeout(wake, this.random() * this.intervalMs));
           dbMetrics.probeWakeUps.inc();
           this.log.info(
             { woken: woken.length },

@@ -297,7 +297,7 @@ describe('permanent errors, budgets and timeouts', () => {
     await db.transaction(async (tx) => {
       const attempt = ++outerRuns;
       await tx.query('INSERT INTO nested VALUES ($1)', [attempt]);
-      await db.transaction(async (inner) => {
+      await tx.transaction(async (inner) => {
         innerRuns++;
         await inner.query('INSERT INTO nested VALUES ($1)', [attempt * 10]);
         if (attempt === 1) {
@@ -306,7 +306,7 @@ describe('permanent errors, budgets and timeouts', () => {
           await direct(url, 'SELECT pg_terminate_backend($1, 5000)', [pid]);
         }
       });
-      await db.query('INSERT INTO nested VALUES ($1)', [attempt * 100]);
+      await tx.query('INSERT INTO nested VALUES ($1)', [attempt * 100]);
     });
     assert.equal(outerRuns, 2, 'the outer function ran exactly twice');
     assert.equal(innerRuns, 2, 'the inner function ran once per outer run');
@@ -560,7 +560,6 @@ describe('settings take effect', () => {
     'DB_PGBOUNCER on: a single query outside a transaction gets the statement timeout too',
     {
       skip: noPgBouncer,
-      todo: 'gap in src/db/database.ts: with pgbouncer: true only transactions SET LOCAL statement_timeout',
     },
     async () => {
       const server = await sharedTestServer();
