@@ -3,6 +3,7 @@
 
 const benches: Record<string, () => Promise<void>> = {
   db: async () => (await import('./db.js')).benchDb(),
+  engine: async () => (await import('./engine.js')).benchEngine(),
 };
 
 const name = process.argv[2];
