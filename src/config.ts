@@ -93,6 +93,14 @@ const settings = {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     fallback: 'info',
   },
+  // Read by src/log.ts as the process starts (the logger exists before the configuration);
+  // listed here so that a bad value is reported like any other.
+  logFormat: {
+    env: 'LOG_FORMAT',
+    accepted: 'auto (readable on a terminal, JSON otherwise) or json',
+    schema: z.enum(['auto', 'json']),
+    fallback: 'auto',
+  },
   dataDir: {
     env: 'UNSTUCK_DATA_DIR',
     accepted: 'a folder path',

@@ -26,8 +26,8 @@ const program = new Command('unstuck')
   .addHelpText(
     'after',
     `
-Without DATABASE_URL, unstuck starts its own PostgreSQL server (data in .unstuck/) and stops it
-when the command ends; \`unstuck db start\` keeps one running for later commands.
+Without DATABASE_URL, unstuck starts its own PostgreSQL server (data in .unstuck/, or
+UNSTUCK_DATA_DIR) and stops it when the command ends; \`unstuck db start\` keeps one running.
 
 Environment:
 ${environment}

@@ -195,9 +195,9 @@ const badValues: Record<string, string | ((dir: string) => string)> = {
   DB_PGBOUNCER: 'maybe',
   DB_ECHO: 'sometimes',
   LOG_LEVEL: 'verbose',
+  LOG_FORMAT: 'pretty',
   UNSTUCK_DATA_DIR: (dir) => join(dir, 'a-file', 'data'),
   UNSTUCK_PG_PORT: '80',
-  UNSTUCK_LEASE_SECONDS: '-30',
 };
 
 describe('a bad configuration value', { timeout: 120_000 }, () => {

@@ -88,6 +88,10 @@ const bad: Record<string, { value: string; why: string }[]> = {
     { value: 'verbose', why: 'unknown level' },
     { value: 'INFO', why: 'unknown level (case matters)' },
   ],
+  LOG_FORMAT: [
+    { value: 'pretty', why: 'unknown format' },
+    { value: 'JSON', why: 'unknown format (case matters)' },
+  ],
   UNSTUCK_PG_PORT: [
     { value: 'port', why: 'not a number' },
     { value: '-5432', why: 'negative' },
