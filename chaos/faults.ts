@@ -130,6 +130,15 @@ export const faults: Fault[] = [
     inject: (ctx) => ctx.cluster.server.restart('immediate'),
   },
   {
+    name: 'pgbouncer-terminate-storm',
+    path: 'pgbouncer',
+    description: "PgBouncer's server connections terminated every 100-500 ms for 4-6 s",
+    inject: (ctx) =>
+      storm(ctx, [4, 6], [100, 500], () =>
+        ctx.cluster.server.terminateBackends(ctx.cluster.database),
+      ),
+  },
+  {
     name: 'rst-storm',
     path: 'proxy',
     description: 'every connection through the proxy reset (RST) every 100-600 ms for 4-6 s',

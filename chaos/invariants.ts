@@ -24,8 +24,8 @@ export interface Tally {
   reruns: number;
   /** (file, attempt) pairs whose step ran more than once: two workers held the same attempt. */
   twins: number;
-  /** New attempts of files that never fail on purpose: each must be a recovered lease. */
-  extraAttempts: number;
+  /** New attempts of binary (permanently failing) files: each must be a recovered lease. */
+  permanentReattempts: number;
   errorReasons: Record<string, number>;
   violations: string[];
 }
@@ -69,7 +69,7 @@ export async function checkInvariants(admin: pg.Pool, expected: Expectation[]): 
     duplicated: 0,
     reruns: 0,
     twins: 0,
-    extraAttempts: 0,
+    permanentReattempts: 0,
     errorReasons: {},
     violations: [],
   };
@@ -184,7 +184,7 @@ function checkFiles(
       flag('file nobody submitted', f.path);
       continue;
     }
-    if (kind !== 'flaky') tally.extraAttempts += f.attempt - 1;
+    if (kind === 'binary') tally.permanentReattempts += f.attempt - 1;
     if (f.status === 'COMPLETED' || f.status === 'ERROR') {
       const outcome =
         f.status === expectedStatus(kind) && (kind !== 'binary' || /binary/.test(f.error ?? ''));

@@ -141,12 +141,13 @@ export async function inspect(
       recoverySeconds = Math.max(0, (last - faultEnd) / 1000);
     }
   }
-  // I5 once more: a file that never fails on purpose gets a new attempt only when a sweep
-  // takes back its expired lease. Only countable when no worker died with unwritten logs.
+  // I5 once more: a binary file fails for good at its first attempt, so it gets a new one only
+  // when a sweep takes back its expired lease; a retried permanent failure would add many more.
+  // Countable only when no worker died with log lines still unwritten.
   const killed = fleet?.all.some((w) => w.ending === 'kill') ?? true;
-  if (!killed && tally.extraAttempts > logs.requeued) {
+  if (!killed && tally.permanentReattempts > logs.requeued) {
     violations.push(
-      `I5 ${tally.extraAttempts} new attempts of files that never fail on purpose, but sweeps requeued only ${logs.requeued}`,
+      `I5 ${tally.permanentReattempts} new attempts of permanently failing files, but sweeps requeued only ${logs.requeued} files`,
     );
   }
   return { ...tally, logs, recoverySeconds };
@@ -174,7 +175,7 @@ function emptyTally(): Tally {
     duplicated: 0,
     reruns: 0,
     twins: 0,
-    extraAttempts: 0,
+    permanentReattempts: 0,
     errorReasons: {},
     violations: [],
   };

@@ -32,7 +32,7 @@ export function line(result: RunResult): string {
   return row(columns.map(([, cell]) => cell(result)));
 }
 
-const widths = columns.map(([name]) => Math.max(name.length, name === 'fault' ? 24 : 5));
+const widths = columns.map(([name]) => Math.max(name.length, name === 'fault' ? 25 : 5));
 
 function row(cells: string[]): string {
   return `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
