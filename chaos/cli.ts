@@ -10,7 +10,8 @@ const main = resolve(repoRoot, 'src/cli/main.ts');
 
 /**
  * Short backoff (50 ms base, 1 s cap) with retries enough to outlast a 10 s outage within the
- * budget; connect and reply timeouts short enough that a blackhole is noticed within seconds.
+ * budget; connect and reply timeouts short enough that a blackhole is noticed within seconds
+ * (the reply timeout below the 5 s blackhole, so a statement caught in it always times out).
  */
 export function cliEnv(databaseUrl: string, pgbouncer: boolean): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
@@ -22,7 +23,7 @@ export function cliEnv(databaseUrl: string, pgbouncer: boolean): NodeJS.ProcessE
     DB_RETRY_MAX_DELAY: '1',
     DB_RETRY_BUDGET: '60',
     DB_CONNECT_TIMEOUT: '2',
-    DB_QUERY_TIMEOUT: '5',
+    DB_QUERY_TIMEOUT: '4',
     LOG_FORMAT: 'json',
     LOG_LEVEL: 'info',
   };
