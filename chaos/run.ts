@@ -161,6 +161,7 @@ function emptyLogs(): LogSummary {
     ended: 0,
     fencedOff: 0,
     leaseLost: 0,
+    idleLost: 0,
     violations: [],
   };
 }

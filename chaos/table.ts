@@ -50,6 +50,7 @@ export function details(result: RunResult): string {
   if (reasons.length > 0) lines.push(`  ERROR files: ${reasons.join(', ')}`);
   const retries = Object.entries(result.logs.retries).map(([cls, n]) => `${n} ${cls}`);
   if (retries.length > 0) lines.push(`  database retries by class: ${retries.join(', ')}`);
+  if (result.logs.idleLost > 0) lines.push(`  idle connections lost: ${result.logs.idleLost}`);
   if (result.logs.giveUps > 0) lines.push(`  gave up: ${result.logs.giveUps}`);
   for (const v of result.violations) lines.push(`  VIOLATION ${v}`);
   if (result.violations.length > 0) lines.push(`  logs: ${result.dir}`);

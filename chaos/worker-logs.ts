@@ -11,6 +11,8 @@ export interface LogSummary {
   ended: number;
   fencedOff: number;
   leaseLost: number;
+  /** Idle pooled connections a fault killed (no statement in flight, nothing to retry). */
+  idleLost: number;
   violations: string[];
 }
 
@@ -33,6 +35,7 @@ export async function summariseLogs(files: string[]): Promise<LogSummary> {
     ended: 0,
     fencedOff: 0,
     leaseLost: 0,
+    idleLost: 0,
     violations: [],
   };
   const permanentRetries: string[] = [];
@@ -48,6 +51,8 @@ export async function summariseLogs(files: string[]): Promise<LogSummary> {
         if (cls === 'permanent') permanentRetries.push(`${line.op}: ${String(line.err)}`);
       } else if (line.msg.startsWith('fenced off')) {
         summary.fencedOff += line.files?.length ?? 0;
+      } else if (line.msg === 'idle database connection lost') {
+        summary.idleLost++;
       } else if (line.msg.startsWith('lease lost')) {
         summary.leaseLost += line.files?.length ?? 0;
       } else if (line.msg === 'recovered expired leases') {
