@@ -83,24 +83,21 @@ CREATE TABLE unstuck.file_results (
   created_at        timestamptz NOT NULL DEFAULT now()
 );
 
--- The state machine, in one place. COMPLETED and STOPPED are final; ERROR goes back to
--- PENDING only through an explicit retry, which starts a new attempt.
-CREATE FUNCTION unstuck.guard_file_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The state machine, in one place: the trigger's condition lists the allowed transitions, so
+-- it is evaluated as a plain expression for every status change and the function that refuses
+-- runs only for a forbidden one. COMPLETED and STOPPED are final; ERROR goes back to PENDING
+-- only through an explicit retry, which starts a new attempt. Heartbeats (status unchanged)
+-- do not fire it.
+CREATE FUNCTION unstuck.refuse_file_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  -- Parenthesised so that PL/pgSQL does not take the CASE's first THEN for the IF's.
-  IF NOT (CASE OLD.status
-       WHEN 'PENDING' THEN NEW.status IN ('EXECUTING', 'STOPPED', 'ERROR')
-       WHEN 'EXECUTING' THEN NEW.status IN ('COMPLETED', 'ERROR', 'STOPPED', 'PENDING')
-       WHEN 'ERROR' THEN NEW.status = 'PENDING' AND NEW.attempt > OLD.attempt
-       ELSE false END) THEN
-    RAISE EXCEPTION 'file execution % cannot go from % to %', OLD.id, OLD.status, NEW.status
-      USING ERRCODE = 'check_violation';
-  END IF;
-  RETURN NEW;
+  RAISE EXCEPTION 'file execution % cannot go from % to %', OLD.id, OLD.status, NEW.status
+    USING ERRCODE = 'check_violation';
 END $$;
 
--- Heartbeats (status unchanged) skip the trigger.
 CREATE TRIGGER file_executions_guard
   BEFORE UPDATE OF status ON unstuck.file_executions
-  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-  EXECUTE FUNCTION unstuck.guard_file_transition();
+  FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NOT (
+       (OLD.status = 'PENDING' AND NEW.status IN ('EXECUTING', 'STOPPED', 'ERROR'))
+    OR (OLD.status = 'EXECUTING' AND NEW.status IN ('COMPLETED', 'ERROR', 'STOPPED', 'PENDING'))
+    OR (OLD.status = 'ERROR' AND NEW.status = 'PENDING' AND NEW.attempt > OLD.attempt)))
+  EXECUTE FUNCTION unstuck.refuse_file_transition();
