@@ -1,4 +1,4 @@
-import { loadConfig, redactedConfig, type Config } from './config.js';
+import { loadConfig, type Config } from './config.js';
 import type { Database } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { openDatabase, type OpenDatabase } from './db/open.js';
@@ -17,7 +17,6 @@ import {
   type Status,
 } from './engine/executions.js';
 import { Worker, type WorkerOptions } from './engine/worker.js';
-import { log, setLogLevel } from './log.js';
 import {
   parseWorkflow,
   resolveWorkflow,
@@ -53,8 +52,6 @@ export class Unstuck {
 
   static async open(options: OpenOptions = {}): Promise<Unstuck> {
     const config = options.config ?? loadConfig();
-    setLogLevel(config.logLevel);
-    log.info({ config: redactedConfig(config) }, 'effective configuration');
     const opened = await openDatabase(config);
     try {
       await migrate(opened.db);
