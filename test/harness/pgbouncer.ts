@@ -13,6 +13,8 @@ import {
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { cleanUpAtExit } from './exit-cleanup.js';
+import { freePort } from './free-port.js';
 
 export interface PgBouncer {
   port: number;
@@ -47,39 +49,6 @@ export function pgbouncerSkipReason(): string | undefined {
   const reason = 'pgbouncer is not installed (apt-get install -y pgbouncer)';
   if (process.env.CI) throw new Error(`${reason}; PgBouncer tests are mandatory in CI`);
   return reason;
-}
-
-const cleanups = new Set<() => void>();
-let hooked = false;
-
-/**
- * A test process that fails, forgets destroy() or is interrupted must not leave a pooler or its
- * folder behind. Signals skip 'exit', so handle them too and then die of the same signal.
- */
-function atExit(cleanup: () => void): () => void {
-  if (!hooked) {
-    hooked = true;
-    process.on('exit', runCleanups);
-    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-      process.once(signal, () => {
-        runCleanups();
-        process.kill(process.pid, signal);
-      });
-    }
-  }
-  cleanups.add(cleanup);
-  return () => cleanups.delete(cleanup);
-}
-
-function runCleanups(): void {
-  for (const cleanup of cleanups) {
-    try {
-      cleanup();
-    } catch {
-      // best effort: the process is ending
-    }
-  }
-  cleanups.clear();
 }
 
 export async function startPgBouncer(
@@ -135,7 +104,9 @@ export async function startPgBouncer(
   writeConfig(port);
 
   let child: ChildProcess | undefined;
-  const forget = atExit(() => {
+  // A test process that fails, forgets destroy() or is interrupted must not leave a pooler or
+  // its folder behind.
+  const forget = cleanUpAtExit(() => {
     child?.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   });
@@ -284,17 +255,6 @@ function postgresUser(): { uid: number; gid: number } {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /** Whether something listens on the port; a bounded connect, since a stuck SYN must not hang us. */

@@ -3,11 +3,12 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { EmbeddedServer, PortInUseError, type StopMode } from '../../src/db/embedded-server.js';
+import { cleanUpAtExit } from './exit-cleanup.js';
+import { freePort } from './free-port.js';
 
 export interface TestServer {
   port: number;
@@ -29,18 +30,6 @@ export interface TestServer {
 export interface TestServerOptions {
   /** Server settings on top of fsync=off, full_page_writes=off, max_connections=100. */
   settings?: Record<string, string | number>;
-}
-
-/** A port nothing listens on right now (the kernel's pick for port 0). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
@@ -86,6 +75,8 @@ async function startOnFreePort(
 }
 
 function testServer(server: EmbeddedServer, root: string, password: string): TestServer {
+  // The servers run detached (that is what the product needs), so nothing stops them when the
+  // test process dies but this.
   const forget = cleanUpAtExit(() => {
     server.stopSync('immediate');
     rmSync(root, { recursive: true, force: true });
@@ -161,42 +152,4 @@ export function sharedTestServer(): Promise<TestServer> {
     throw err;
   });
   return shared;
-}
-
-const cleanups = new Set<() => void>();
-let hooked = false;
-
-/**
- * The servers run detached (that is what the product needs), so nothing stops them when the
- * test process dies: do it on exit, and on the signals that would otherwise skip 'exit'.
- */
-function cleanUpAtExit(cleanup: () => void): () => void {
-  if (!hooked) {
-    hooked = true;
-    process.on('exit', runCleanups);
-    for (const signal of SIGNALS) process.on(signal, onSignal);
-  }
-  cleanups.add(cleanup);
-  return () => cleanups.delete(cleanup);
-}
-
-const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
-
-function runCleanups(): void {
-  for (const cleanup of cleanups) {
-    try {
-      cleanup();
-    } catch {
-      // Best effort: the process is ending.
-    }
-  }
-  cleanups.clear();
-}
-
-function onSignal(signal: NodeJS.Signals): void {
-  // Still listening while cleaning up: a second signal (test runners send several) would
-  // otherwise kill the process between stopping a server and deleting its folder.
-  runCleanups();
-  for (const s of SIGNALS) process.off(s, onSignal);
-  process.kill(process.pid, signal);
 }

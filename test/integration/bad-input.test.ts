@@ -3,101 +3,29 @@
 // a folder should not have. Each must end with a clear error naming the cause (or, for bad
 // files, an ERROR with a reason) within a bounded time, and leave nothing half-written.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { configReference } from '../../src/config.js';
-import { packageRoot } from '../../src/paths.js';
 import { waitFor } from '../harness/db.js';
+import {
+  assertExit,
+  cli,
+  type CliResult,
+  killRunningClis,
+  shown,
+  spawnCli,
+} from '../harness/cli.js';
+import { eachLimited } from '../harness/each-limited.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
-import { freePort, sharedTestServer, startTestServer, type TestServer } from '../harness/server.js';
+import { freePort } from '../harness/free-port.js';
+import { sharedTestServer, startTestServer, type TestServer } from '../harness/server.js';
+import { TempFolders } from '../harness/temp-folders.js';
 
 // ---- running the CLI -------------------------------------------------------------------------
-
-interface CliResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-  timedOut: boolean;
-}
-
-interface CliOptions {
-  /** On top of a clean environment (no unstuck variables but fast retries); undefined unsets. */
-  env?: Record<string, string | undefined>;
-  cwd?: string;
-  /** The process is killed after this long; the result says so. */
-  timeoutMs?: number;
-}
-
-const mainScript = join(packageRoot, 'src', 'cli', 'main.ts');
-const tsxLoader = import.meta.resolve('tsx');
-const children = new Set<ChildProcess>();
-
-function cliEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const { env: name } of configReference) delete env[name];
-  delete env.LOG_FORMAT;
-  Object.assign(env, {
-    LOG_LEVEL: 'warn',
-    DB_RETRY_BASE_DELAY: '0.05',
-    DB_RETRY_MAX_DELAY: '0.5',
-    DB_POOL_SIZE: '4',
-  });
-  for (const [name, value] of Object.entries(extra)) {
-    if (value === undefined) delete env[name];
-    else env[name] = value;
-  }
-  return env;
-}
-
-/** Starts `unstuck <args>`; `result` settles when it exits (or is killed at the time limit). */
-function spawnCli(
-  args: string[],
-  { env, cwd = packageRoot, timeoutMs = 60_000 }: CliOptions = {},
-): { child: ChildProcess; result: Promise<CliResult>; stderr(): string } {
-  const started = Date.now();
-  const child = spawn(process.execPath, ['--import', tsxLoader, mainScript, ...args], {
-    cwd,
-    env: cliEnv(env),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill('SIGKILL');
-  }, timeoutMs);
-  const result = new Promise<CliResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - started, timedOut });
-    });
-  });
-  return { child, result, stderr: () => stderr };
-}
-
-const cli = (args: string[], options?: CliOptions) => spawnCli(args, options).result;
-
-/** What a failed expectation shows: everything the process said. */
-const shown = (r: CliResult) =>
-  `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}${r.timedOut ? ' after the time limit' : ''} in ${r.ms} ms\n` +
-  `--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-
-function assertExit(r: CliResult, code: number, what: string): void {
-  assert.equal(r.code, code, `${what}: expected exit ${code}; ${shown(r)}`);
-}
 
 /** The "unstuck: ..." lines the CLI prints for a failure (logs are JSON lines on stderr). */
 const failureText = (r: CliResult) =>
@@ -106,20 +34,10 @@ const failureText = (r: CliResult) =>
     .filter((line) => !line.startsWith('{'))
     .join('\n');
 
-/** Runs `fn` over `items`, at most `limit` at a time (the machine is small and shared). */
-async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>) {
-  const queue = [...items];
-  await Promise.all(
-    Array.from({ length: Math.min(limit, queue.length) }, async () => {
-      for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-    }),
-  );
-}
-
 // ---- fixtures --------------------------------------------------------------------------------
 
 let server: TestServer;
-const folders: string[] = [];
+const temp = new TempFolders({ prefix: 'unstuck-bad-input-', serverReadable: true });
 const proxies: FaultProxy[] = [];
 
 before(async () => {
@@ -127,26 +45,13 @@ before(async () => {
 });
 
 after(async () => {
-  for (const child of children) child.kill('SIGKILL');
+  killRunningClis();
   for (const proxy of proxies) await proxy.close().catch(() => undefined);
-  for (const folder of folders) await rm(folder, { recursive: true, force: true });
+  await temp.removeAll();
 });
 
-async function tempFolder(prefix = 'unstuck-bad-input-'): Promise<string> {
-  const folder = await mkdtemp(join(tmpdir(), prefix));
-  await chmod(folder, 0o755);
-  folders.push(folder);
-  return folder;
-}
-
-async function sourceFolder(files: Record<string, string | Buffer>): Promise<string> {
-  const folder = await tempFolder('unstuck-bad-source-');
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(join(folder, path, '..'), { recursive: true });
-    await writeFile(join(folder, path), content);
-  }
-  return folder;
-}
+const sourceFolder = (files: Record<string, string | Buffer>) =>
+  temp.withFiles(files, 'unstuck-bad-source-');
 
 async function sql<R extends pg.QueryResultRow>(
   url: string,
@@ -208,7 +113,7 @@ describe('a bad configuration value', { timeout: 120_000 }, () => {
 
   test('makes `unstuck status` exit 2 naming the variable, before touching the database', async () => {
     const url = await server.createDatabase();
-    const dir = await tempFolder();
+    const dir = await temp.make();
     await writeFile(join(dir, 'a-file'), 'not a folder');
     const embeddedPort = String(await freePort());
     const failures: string[] = [];
@@ -253,7 +158,7 @@ describe('a bad configuration value', { timeout: 120_000 }, () => {
 describe('a malformed workflow', { timeout: 120_000 }, () => {
   test('run --workflow exits 2 naming the field, and creates no execution', async () => {
     const url = await server.createDatabase();
-    const dir = await tempFolder();
+    const dir = await temp.make();
     await mkdir(join(dir, 'inbox'));
     await writeFile(join(dir, 'inbox', 'a.txt'), 'hello');
     await writeFile(join(dir, 'syntax.mjs'), 'export default function (file {\n');
@@ -462,7 +367,7 @@ describe('a submit interrupted mid-listing', { timeout: 150_000 }, () => {
   const bigCount = 20_000;
 
   before(async () => {
-    bigFolder = await tempFolder('unstuck-big-source-');
+    bigFolder = await temp.make('unstuck-big-source-');
     const names = Array.from({ length: bigCount }, (_, i) => `f${String(i).padStart(5, '0')}.txt`);
     await eachLimited(names, 64, (name) => writeFile(join(bigFolder, name), name));
   });
@@ -572,7 +477,7 @@ describe('a submit interrupted mid-listing', { timeout: 150_000 }, () => {
 describe('awkward files in a run', { timeout: 120_000 }, () => {
   test('end COMPLETED or ERROR with a reason, and the summary matches files --json', async () => {
     const url = await server.createDatabase();
-    const root = await tempFolder();
+    const root = await temp.make();
     await writeFile(join(root, 'outside.txt'), 'a secret beside the source');
     const folder = join(root, 'source');
     await mkdir(join(folder, 'sub'), { recursive: true });

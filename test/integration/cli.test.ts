@@ -2,106 +2,28 @@
 // DATABASE_URL) and, once, against the embedded default, checking what they print, their exit
 // codes and what they leave in the database.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { configReference, loadConfig } from '../../src/config.js';
 import { embeddedServerFor } from '../../src/db/embedded-default.js';
 import { packageRoot } from '../../src/paths.js';
+import {
+  assertExit,
+  cli,
+  type CliOptions,
+  killRunningClis,
+  shown,
+  spawnCli,
+} from '../harness/cli.js';
 import { waitFor } from '../harness/db.js';
-import { freePort, sharedTestServer, type TestServer } from '../harness/server.js';
+import { eachLimited } from '../harness/each-limited.js';
+import { freePort } from '../harness/free-port.js';
+import { sharedTestServer, type TestServer } from '../harness/server.js';
+import { TempFolders } from '../harness/temp-folders.js';
 
 // ---- running the CLI -------------------------------------------------------------------------
-
-interface CliResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-  timedOut: boolean;
-}
-
-interface CliOptions {
-  /** On top of a clean environment (no unstuck variables but fast retries); undefined unsets. */
-  env?: Record<string, string | undefined>;
-  cwd?: string;
-  /** The process is killed after this long; the result says so. */
-  timeoutMs?: number;
-}
-
-interface Running {
-  child: ChildProcess;
-  result: Promise<CliResult>;
-  /** What it has written to stderr so far. */
-  stderr(): string;
-}
-
-const mainScript = join(packageRoot, 'src', 'cli', 'main.ts');
-const tsxLoader = import.meta.resolve('tsx');
-const children = new Set<ChildProcess>();
-
-function cliEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const { env: name } of configReference) delete env[name];
-  delete env.LOG_FORMAT;
-  Object.assign(env, {
-    LOG_LEVEL: 'warn',
-    DB_RETRY_BASE_DELAY: '0.05',
-    DB_RETRY_MAX_DELAY: '0.5',
-    DB_POOL_SIZE: '4',
-  });
-  for (const [name, value] of Object.entries(extra)) {
-    if (value === undefined) delete env[name];
-    else env[name] = value;
-  }
-  return env;
-}
-
-/** Starts `unstuck <args>`; `result` settles when it exits (or is killed at the time limit). */
-function spawnCli(
-  args: string[],
-  { env, cwd = packageRoot, timeoutMs = 60_000 }: CliOptions = {},
-): Running {
-  const started = Date.now();
-  const child = spawn(process.execPath, ['--import', tsxLoader, mainScript, ...args], {
-    cwd,
-    env: cliEnv(env),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill('SIGKILL');
-  }, timeoutMs);
-  const result = new Promise<CliResult>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - started, timedOut });
-    });
-  });
-  return { child, result, stderr: () => stderr };
-}
-
-const cli = (args: string[], options?: CliOptions) => spawnCli(args, options).result;
-
-const shown = (r: CliResult) =>
-  `exit ${r.code}${r.signal ? ` (${r.signal})` : ''}${r.timedOut ? ' after the time limit' : ''} in ${r.ms} ms\n` +
-  `--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-
-function assertExit(r: CliResult, code: number, what: string): void {
-  assert.equal(r.code, code, `${what}: expected exit ${code}; ${shown(r)}`);
-}
 
 /** Runs the command, expects exit 0 and returns its stdout parsed as JSON. */
 async function json<T>(args: string[], options?: CliOptions): Promise<T> {
@@ -112,15 +34,6 @@ async function json<T>(args: string[], options?: CliOptions): Promise<T> {
   } catch {
     assert.fail(`stdout of unstuck ${args.join(' ')} --json is not JSON: ${shown(r)}`);
   }
-}
-
-async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>) {
-  const queue = [...items];
-  await Promise.all(
-    Array.from({ length: Math.min(limit, queue.length) }, async () => {
-      for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-    }),
-  );
 }
 
 interface Summary {
@@ -149,7 +62,7 @@ const terminal = ['COMPLETED', 'ERROR', 'STOPPED'];
 const fixture = (name: string) => join(packageRoot, 'test', 'fixtures', 'engine', name);
 
 let server: TestServer;
-const folders: string[] = [];
+const temp = new TempFolders({ prefix: 'unstuck-cli-test-', serverReadable: true });
 const cleanups: (() => Promise<unknown>)[] = [];
 
 before(async () => {
@@ -157,27 +70,13 @@ before(async () => {
 });
 
 after(async () => {
-  for (const child of children) child.kill('SIGKILL');
+  killRunningClis();
   for (const cleanup of cleanups) await cleanup().catch(() => undefined);
-  for (const folder of folders) await rm(folder, { recursive: true, force: true });
+  await temp.removeAll();
 });
 
-/** A temporary folder the server user (postgres, when we are root) can get into. */
-async function tempFolder(prefix = 'unstuck-cli-test-'): Promise<string> {
-  const folder = await mkdtemp(join(tmpdir(), prefix));
-  await chmod(folder, 0o755);
-  folders.push(folder);
-  return folder;
-}
-
-async function sourceFolder(files: Record<string, string | Buffer>): Promise<string> {
-  const folder = await tempFolder('unstuck-cli-source-');
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(join(folder, path, '..'), { recursive: true });
-    await writeFile(join(folder, path), content);
-  }
-  return folder;
-}
+const sourceFolder = (files: Record<string, string | Buffer>) =>
+  temp.withFiles(files, 'unstuck-cli-source-');
 
 async function workflowFile(dir: string, definition: unknown): Promise<string> {
   const file = join(dir, 'workflow.json');
@@ -300,7 +199,7 @@ describe('with DATABASE_URL', { timeout: 150_000 }, () => {
     assertExit(included, 0, 'run --include');
     assert.match(included.stdout, /COMPLETED: 2 completed, 0 failed, 0 stopped of 2 files/);
 
-    const output = join(await tempFolder(), 'results');
+    const output = join(await temp.make(), 'results');
     const summary = await json<Summary & { failedFiles: { path: string; error: string }[] }>(
       ['run', folder, '--exclude', 'sub/**', '--output', output],
       env,
@@ -338,7 +237,7 @@ describe('with DATABASE_URL', { timeout: 150_000 }, () => {
       'fail-1.txt': 'three',
       'fail-2.txt': 'four',
     });
-    const dir = await tempFolder();
+    const dir = await temp.make();
     const healed = join(dir, 'healed');
     const wf = await workflowFile(dir, {
       name: 'flaky',
@@ -461,7 +360,7 @@ describe('with DATABASE_URL', { timeout: 150_000 }, () => {
 
 describe('the embedded default (no DATABASE_URL)', { timeout: 180_000 }, () => {
   test('db status/start/stop, and SIGINT to a run that started the server', async () => {
-    const home = await tempFolder('unstuck-cli-embedded-');
+    const home = await temp.make('unstuck-cli-embedded-');
     const dataDir = join(home, 'data');
     const port = String(await freePort());
     const env = { DATABASE_URL: undefined, UNSTUCK_DATA_DIR: dataDir, UNSTUCK_PG_PORT: port };

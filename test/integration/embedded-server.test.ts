@@ -12,7 +12,8 @@ import { loadConfig } from '../../src/config.js';
 import { startEmbeddedDefault } from '../../src/db/embedded-default.js';
 import { EmbeddedServer, PortInUseError } from '../../src/db/embedded-server.js';
 import { packageRoot } from '../../src/paths.js';
-import { freePort, startTestServer } from '../harness/server.js';
+import { freePort } from '../harness/free-port.js';
+import { startTestServer } from '../harness/server.js';
 
 const folders: string[] = [];
 const servers: EmbeddedServer[] = [];

@@ -7,7 +7,8 @@ import pg from 'pg';
 import { classify, type ErrorClass } from '../../src/db/errors.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
 import { pgbouncerSkipReason, startPgBouncer } from '../harness/pgbouncer.js';
-import { freePort, sharedTestServer, startTestServer, type TestServer } from '../harness/server.js';
+import { freePort } from '../harness/free-port.js';
+import { sharedTestServer, startTestServer, type TestServer } from '../harness/server.js';
 import { waitFor } from '../harness/db.js';
 
 type PgError = Error & { code?: string; severity?: string; errno?: number; cause?: unknown };
