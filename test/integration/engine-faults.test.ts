@@ -4,8 +4,7 @@
 // with exactly one result per COMPLETED file (I1-I4).
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -18,12 +17,13 @@ import { Unstuck } from '../../src/unstuck.js';
 import { countFrom, testDatabase, testSeed, waitFor, withSeed } from '../harness/db.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
+import { TempFolders } from '../harness/temp-folders.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const fixture = (name: string) => join(repo, 'test/fixtures/engine', name);
 
 let server: TestServer;
-const folders: string[] = [];
+const temp = new TempFolders({ prefix: 'unstuck-faults-' });
 const handles: Unstuck[] = [];
 const databases: Database[] = [];
 const children = new Set<ChildProcess>();
@@ -36,7 +36,7 @@ after(async () => {
   for (const u of handles) await u.close().catch(() => undefined);
   for (const db of databases) await db.close().catch(() => undefined);
   await server?.destroy();
-  for (const folder of folders) await rm(folder, { recursive: true, force: true });
+  await temp.removeAll();
 });
 
 // Patient retries, short backoff: the faults here last seconds, and must be outlasted.
@@ -60,14 +60,8 @@ async function open(url: string): Promise<Unstuck> {
   return u;
 }
 
-async function tempFolder(prefix: string): Promise<string> {
-  const folder = await mkdtemp(join(tmpdir(), prefix));
-  folders.push(folder);
-  return folder;
-}
-
 async function sourceFolder(count: number): Promise<string> {
-  const folder = await tempFolder('unstuck-faults-source-');
+  const folder = await temp.make('unstuck-faults-source-');
   await Promise.all(
     Array.from({ length: count }, (_, i) =>
       writeFile(join(folder, `file-${String(i).padStart(4, '0')}.txt`), `content ${i}\n`),
@@ -248,7 +242,7 @@ describe('engine under faults', () => {
   test('a worker SIGKILLed mid-file: another worker completes it after the lease, once', async (t) => {
     const url = await server.createDatabase();
     const u = await open(url);
-    const gateFolder = await tempFolder('unstuck-faults-gate-');
+    const gateFolder = await temp.make('unstuck-faults-gate-');
     const started = join(gateFolder, 'started');
     const release = join(gateFolder, 'release');
     await mkdir(started);

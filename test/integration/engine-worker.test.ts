@@ -4,17 +4,7 @@
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
 import { existsSync } from 'node:fs';
-import {
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rm,
-  symlink,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -24,12 +14,13 @@ import { Unstuck } from '../../src/unstuck.js';
 import type { WorkflowInput } from '../../src/workflow/definition.js';
 import { waitFor } from '../harness/db.js';
 import { sharedTestServer, type TestServer } from '../harness/server.js';
+import { TempFolders } from '../harness/temp-folders.js';
 
 const fixtures = resolve(dirname(fileURLToPath(import.meta.url)), '../fixtures/engine');
 const fixture = (name: string) => join(fixtures, name);
 
 let server: TestServer;
-const folders: string[] = [];
+const temp = new TempFolders({ prefix: 'unstuck-worker-test-' });
 const handles: Unstuck[] = [];
 const workers: Worker[] = [];
 
@@ -39,7 +30,7 @@ before(async () => {
 after(async () => {
   for (const worker of workers) await worker.stop().catch(() => undefined);
   for (const u of handles) await u.close().catch(() => undefined);
-  for (const folder of folders) await rm(folder, { recursive: true, force: true });
+  await temp.removeAll();
 });
 
 /** A library handle on a fresh database (migrated by open), with fast retries and no logs. */
@@ -63,21 +54,9 @@ function startWorker(u: Unstuck, options: Parameters<Unstuck['worker']>[0] = {})
   return worker;
 }
 
-async function tempFolder(prefix = 'unstuck-worker-test-'): Promise<string> {
-  const folder = await mkdtemp(join(tmpdir(), prefix));
-  folders.push(folder);
-  return folder;
-}
-
 /** A source folder holding `files` (relative path to content). */
-async function sourceFolder(files: Record<string, string | Buffer>): Promise<string> {
-  const folder = await tempFolder('unstuck-source-');
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(dirname(join(folder, path)), { recursive: true });
-    await writeFile(join(folder, path), content);
-  }
-  return folder;
-}
+const sourceFolder = (files: Record<string, string | Buffer>) =>
+  temp.withFiles(files, 'unstuck-source-');
 
 const textFiles = (names: string[]) =>
   Object.fromEntries(names.map((name) => [name, `the text of ${name}\n`]));
@@ -142,7 +121,7 @@ async function calls(log: string): Promise<[string, number][]> {
 }
 
 async function gate() {
-  const folder = await tempFolder('unstuck-gate-');
+  const folder = await temp.make('unstuck-gate-');
   const started = join(folder, 'started');
   await mkdir(started);
   const release = join(folder, 'release');
@@ -157,7 +136,7 @@ async function gate() {
 describe('worker', () => {
   test('a throwing step is retried up to maxAttempts, then ERROR with its message; the rest complete', async () => {
     const u = await open();
-    const work = await tempFolder();
+    const work = await temp.make();
     const log = join(work, 'calls');
     const files = ['a.txt', 'b.txt', 'bad-1.txt', 'c.txt', 'sub/bad-2.txt', 'sub/d.txt'];
     const workflow: WorkflowInput = {
@@ -277,7 +256,7 @@ describe('worker', () => {
   test('stop: the output folder gets nothing for STOPPED files', async () => {
     const u = await open();
     const g = await gate();
-    const output = await tempFolder('unstuck-output-');
+    const output = await temp.make('unstuck-output-');
     const { executionId } = await stoppedMidway(u, g, output);
     await g.open();
     assert.equal((await finished(u, executionId)).status, 'STOPPED');
@@ -356,7 +335,7 @@ describe('worker', () => {
 
   test('retry gives ERROR files a new attempt and they complete', async () => {
     const u = await open();
-    const work = await tempFolder();
+    const work = await temp.make();
     const log = join(work, 'calls');
     const healed = join(work, 'healed');
     const files = ['a.txt', 'bad-1.txt', 'b.txt', 'bad-2.txt'];
@@ -419,7 +398,7 @@ describe('worker', () => {
     await symlink(join(source, 'nowhere.txt'), join(source, 'dangling.txt'));
     await symlink(join(outside, 'secret.txt'), join(source, 'escape.txt'));
     await symlink(join(source, 'good.txt'), join(source, 'alias.txt'));
-    const output = await tempFolder('unstuck-output-');
+    const output = await temp.make('unstuck-output-');
     const { executionId, total } = await u.submit({
       name: 'problems',
       source: { type: 'local', path: source, maxFileSize: 1000 },

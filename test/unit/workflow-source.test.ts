@@ -1,39 +1,27 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import {
-  chmod,
-  mkdir,
-  mkdtemp,
-  readdir,
-  readFile,
-  rm,
-  symlink,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, mkdir, readdir, readFile, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { SourceDefinition } from '../../src/workflow/definition.js';
 import { listFiles, type FileEntry } from '../../src/workflow/local-folder-source.js';
 import { writeResultFile } from '../../src/workflow/output-folder.js';
 import { FileRejectedError, readConfinedFile } from '../../src/workflow/read-file.js';
+import { TempFolders, writeFiles } from '../harness/temp-folders.js';
 
+const temp = new TempFolders({ prefix: 'unstuck-source-' });
 let base: string;
 before(async () => {
-  base = await mkdtemp(join(tmpdir(), 'unstuck-source-'));
+  base = await temp.make();
 });
-after(() => rm(base, { recursive: true, force: true }));
+after(() => temp.removeAll());
 
 let folders = 0;
 /** A fresh folder holding `files` (path → content); folders are made as needed. */
 async function folderWith(files: Record<string, string> = {}): Promise<string> {
   const root = join(base, `f${folders++}`);
   await mkdir(root);
-  for (const [path, content] of Object.entries(files)) {
-    await mkdir(join(root, path, '..'), { recursive: true });
-    await writeFile(join(root, path), content);
-  }
+  await writeFiles(root, files);
   return root;
 }
 
