@@ -3,8 +3,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import { waitFor } from '../harness/db.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
+import { within } from '../harness/within.js';
 
 let server: TestServer;
 let databaseUrl: string;
@@ -19,26 +21,8 @@ function client(url: string, config: Omit<pg.ClientConfig, 'connectionString'> =
   return c;
 }
 
-async function waitFor(what: string, condition: () => boolean | Promise<boolean>, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-/** Rejects if `promise` has not settled in time, so a fault that is not delivered fails fast. */
-async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`not settled within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+/** The faults here show within moments: poll often, give up soon. */
+const soon = { timeoutMs: 5_000, intervalMs: 20 };
 
 /**
  * Starts a long query and waits until the server runs it, so the cut hits a query in flight.
@@ -46,7 +30,10 @@ async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
  */
 async function inFlight(c: pg.Client, tag: string): Promise<{ settled: Promise<unknown> }> {
   const settled = c.query(`select pg_sleep(30) /* ${tag} */`).catch((error: unknown) => error);
-  await waitFor(`${tag} to run on the server`, async () => (await running(tag)) > 0);
+  await waitFor(async () => (await running(tag)) > 0, {
+    ...soon,
+    message: `${tag} to run on the server`,
+  });
   return { settled };
 }
 
@@ -96,7 +83,10 @@ describe('FaultProxy', () => {
       assert.equal(rows[0]?.n, 42);
       assert.equal(proxy.connections, 1);
       await c.end();
-      await waitFor('the proxy to see the close', () => proxy.connections === 0);
+      await waitFor(() => proxy.connections === 0, {
+        ...soon,
+        message: 'the proxy to see the close',
+      });
     });
   });
 
@@ -109,7 +99,10 @@ describe('FaultProxy', () => {
       const error = (await within(5000, settled)) as NodeJS.ErrnoException;
       assert.ok(error instanceof Error, 'the query should have failed');
       assert.equal(error.code, 'ECONNRESET');
-      await waitFor('the proxy to drop the connection', () => proxy.connections === 0);
+      await waitFor(() => proxy.connections === 0, {
+        ...soon,
+        message: 'the proxy to drop the connection',
+      });
       await endBackends('rst-cut');
     });
   });
@@ -123,7 +116,10 @@ describe('FaultProxy', () => {
       const error = await within(5000, settled);
       assert.ok(error instanceof Error, 'the query should have failed');
       assert.equal(error.message, 'Connection terminated unexpectedly');
-      await waitFor('the client side to close', () => proxy.connections === 0);
+      await waitFor(() => proxy.connections === 0, {
+        ...soon,
+        message: 'the client side to close',
+      });
       await endBackends('fin-cut');
     });
   });
@@ -141,9 +137,12 @@ describe('FaultProxy', () => {
       const late = client(proxy.url(databaseUrl), { connectionTimeoutMillis: 300 });
       const connecting = late.connect();
       // Accepted and held, as a dead path looks to a client: the TCP connect itself succeeds.
-      await waitFor('the held connection', () => proxy.connections === 2);
+      await waitFor(() => proxy.connections === 2, { ...soon, message: 'the held connection' });
       await assert.rejects(within(5000, connecting), /timeout/i);
-      await waitFor('the timed-out client to go', () => proxy.connections === 1);
+      await waitFor(() => proxy.connections === 1, {
+        ...soon,
+        message: 'the timed-out client to go',
+      });
       proxy.setMode('pass');
     });
   });
@@ -195,7 +194,7 @@ describe('FaultProxy', () => {
     proxy.setMode('blackhole');
     const held = client(proxy.url(databaseUrl));
     const connecting = held.connect().catch((error: unknown) => error);
-    await waitFor('the held connection', () => proxy.connections === 2);
+    await waitFor(() => proxy.connections === 2, { ...soon, message: 'the held connection' });
     await within(5000, proxy.close());
     assert.equal(proxy.connections, 0);
     assert.ok((await within(5000, connecting)) instanceof Error);

@@ -3,8 +3,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
+import { waitFor } from '../harness/db.js';
 import { type PgBouncer, pgbouncerSkipReason, startPgBouncer } from '../harness/pgbouncer.js';
 import { startTestServer, type TestServer } from '../harness/server.js';
+import { within } from '../harness/within.js';
 
 // Throws in CI when pgbouncer is missing: there these tests must run, not skip.
 const skip = pgbouncerSkipReason();
@@ -23,25 +25,8 @@ function client(url: string): pg.Client {
   return c;
 }
 
-async function waitFor(what: string, condition: () => Promise<boolean>, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`not settled within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+/** The faults here show within moments: poll often, give up soon. */
+const soon = { timeoutMs: 5_000, intervalMs: 20 };
 
 function onServer(tag: string, sql: string): Promise<pg.QueryResult<{ n: number }>> {
   return admin.query<{ n: number }>(
@@ -60,10 +45,13 @@ async function inFlight(
   tag: string,
 ): Promise<{ settled: Promise<unknown> }> {
   const settled = c.query(`${sql} /* ${tag} */`).catch((error: unknown) => error);
-  await waitFor(`${tag} to run on the server`, async () => {
-    const { rows } = await onServer(tag, 'count(*)::int as n');
-    return (rows[0]?.n ?? 0) > 0;
-  });
+  await waitFor(
+    async () => {
+      const { rows } = await onServer(tag, 'count(*)::int as n');
+      return (rows[0]?.n ?? 0) > 0;
+    },
+    { ...soon, message: `${tag} to run on the server` },
+  );
   return { settled };
 }
 
