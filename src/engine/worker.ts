@@ -67,6 +67,8 @@ export class Worker {
   private loop: Promise<void> | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** Heartbeats and sweeps under way: stop() waits for them, so none outlives the pool. */
+  private readonly ticks = new Set<Promise<unknown>>();
 
   constructor(
     private readonly db: Database,
@@ -102,6 +104,7 @@ export class Worker {
     );
     clearTimeout(this.heartbeatTimer);
     clearTimeout(this.sweepTimer);
+    await Promise.all(this.ticks);
     this.log.info({ handedBack: abandoned.length ? handedBack : 0 }, 'worker stopped');
   }
 
@@ -244,8 +247,8 @@ export class Worker {
     );
     const interval = (Math.min(30, ...leases) * 1000) / 3;
     this.heartbeatTimer = setTimeout(async () => {
-      const lost = await heartbeat(this.db, this.id, this.held()).catch((e) =>
-        this.warn(e, 'heartbeat', []),
+      const lost = await this.tick(
+        heartbeat(this.db, this.id, this.held()).catch((e) => this.warn(e, 'heartbeat', [])),
       );
       if (lost.length > 0) this.dropLost(lost);
       if (!this.closed) this.scheduleHeartbeat();
@@ -270,8 +273,8 @@ export class Worker {
 
   private scheduleSweep(): void {
     this.sweepTimer = setTimeout(async () => {
-      const report = await sweep(this.db).catch((e) =>
-        this.warn(e, 'sweep expired leases', undefined),
+      const report = await this.tick(
+        sweep(this.db).catch((e) => this.warn(e, 'sweep expired leases', undefined)),
       );
       if (report && report.requeued + report.ended + report.finalized > 0) {
         this.log.info(report, 'recovered expired leases');
@@ -279,6 +282,13 @@ export class Worker {
       }
       if (this.active) this.scheduleSweep();
     }, this.options.sweepIntervalMs ?? 5000);
+  }
+
+  /** Tracks a heartbeat or sweep (which never rejects) until it settles. */
+  private tick<T>(work: Promise<T>): Promise<T> {
+    this.ticks.add(work);
+    void work.finally(() => this.ticks.delete(work));
+    return work;
   }
 
   private async settleRunning(graceMs: number): Promise<void> {

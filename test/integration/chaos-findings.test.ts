@@ -19,9 +19,10 @@ import { migrate } from '../../src/db/migrate.js';
 import { organizationScope, submitExecution } from '../../src/engine/executions.js';
 import { claimFiles, finishFiles, type HeldFile, type Outcome } from '../../src/engine/queue.js';
 import { sweep } from '../../src/engine/recovery.js';
+import { Worker } from '../../src/engine/worker.js';
 import { Unstuck } from '../../src/unstuck.js';
 import { parseWorkflow, resolveWorkflow } from '../../src/workflow/definition.js';
-import { testDatabase, waitFor } from '../harness/db.js';
+import { testDatabase, testLog, waitFor } from '../harness/db.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
 import { sharedTestServer, type TestServer } from '../harness/server.js';
 
@@ -269,5 +270,37 @@ describe('a submission whose commit reply is lost', () => {
        LEFT JOIN unstuck.file_executions f ON f.execution_id = e.id GROUP BY e.id`,
     );
     assert.deepEqual(rows, [{ id: executionId, files: 2 }]);
+  });
+});
+
+// A worker's stop() returned while a sweep (or heartbeat) it had started was still running, so
+// `unstuck worker` closed the pool under it: "Cannot use a pool after calling end on the pool",
+// logged by a worker that had just logged "worker stopped" (chaos: server-down-10s, at the end).
+describe('a worker stopping while its sweep runs', () => {
+  test('waits for the sweep before it reports stopped, so closing the pool breaks nothing', async () => {
+    const db = testDatabase(await server.createDatabase());
+    await migrate(db);
+    // The same database, with sweeps that take 300 ms to get going (a slow server, a backoff).
+    let sweeping: Promise<unknown> | undefined;
+    const slow = Object.create(db) as Database;
+    slow.transaction = (fn, options) => {
+      if (options?.name !== 'recovery sweep') return db.transaction(fn, options);
+      sweeping ??= (async () => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return db.transaction(fn, options);
+      })();
+      return sweeping as never;
+    };
+    const worker = new Worker(slow, {
+      concurrency: 1,
+      sweepIntervalMs: 10,
+      pollIntervalMs: 20,
+      log: testLog,
+    });
+    worker.start();
+    await waitFor(() => sweeping !== undefined, { message: 'a sweep to start' });
+    await worker.stop();
+    await db.close();
+    await assert.doesNotReject(sweeping!, 'the sweep ended before the pool was closed');
   });
 });
