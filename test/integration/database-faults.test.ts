@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, test, type TestContext } from 'node:test';
 import pg from 'pg';
 import type { Database } from '../../src/db/database.js';
 import { classify, DatabaseUnavailableError } from '../../src/db/errors.js';
@@ -112,6 +112,27 @@ async function assertWorkloadData(url: string): Promise<void> {
   assert.equal(counter?.n, TOTAL, withSeed('the counter counted every row exactly once'));
 }
 
+/**
+ * Runs the workload on `db` with `restart` a third of the way in: every row must be there once,
+ * transactions must have run after the restart, and the layer must have retried.
+ */
+async function assertSurvivesRestart(
+  t: TestContext,
+  db: Database,
+  url: string,
+  restart: () => Promise<void>,
+): Promise<void> {
+  const retries = await countFrom(dbMetrics.retries);
+  const result = await runWorkload(db, restart);
+  await assertWorkloadData(url);
+  assert.ok(result.doneAfterFault > 0, 'transactions ran after the restart');
+  const retried = await retries.delta();
+  assert.ok(retried > 0, 'the layer retried');
+  t.diagnostic(
+    `retries ${retried}, done after the restart ${result.doneAfterFault}, re-runs ${result.reruns}`,
+  );
+}
+
 const noPgBouncer = pgbouncerSkipReason();
 const cleanups: (() => Promise<unknown>)[] = [];
 after(async () => {
@@ -175,15 +196,7 @@ describe('the workload survives connection storms and restarts', () => {
     const url = await server.createDatabase();
     await createWorkloadTables(url);
     const db = database(url);
-    const retries = await countFrom(dbMetrics.retries);
-    const result = await runWorkload(db, () => server.restart('immediate'));
-    await assertWorkloadData(url);
-    assert.ok(result.doneAfterFault > 0, 'transactions ran after the restart');
-    const retried = await retries.delta();
-    assert.ok(retried > 0, 'the layer retried');
-    t.diagnostic(
-      `retries ${retried}, done after the restart ${result.doneAfterFault}, re-runs ${result.reruns}`,
-    );
+    await assertSurvivesRestart(t, db, url, () => server.restart('immediate'));
     await server.destroy();
   });
 
@@ -197,15 +210,7 @@ describe('the workload survives connection storms and restarts', () => {
       const bouncer = await startPgBouncer(server, { poolMode: 'transaction' });
       cleanups.push(() => bouncer.destroy());
       const db = database(bouncer.url(url), { pgbouncer: true, statementTimeoutMs: 10_000 });
-      const retries = await countFrom(dbMetrics.retries);
-      const result = await runWorkload(db, () => bouncer.restart('SIGKILL'));
-      await assertWorkloadData(url);
-      assert.ok(result.doneAfterFault > 0, 'transactions ran after the restart');
-      const retried = await retries.delta();
-      assert.ok(retried > 0, 'the layer retried');
-      t.diagnostic(
-        `retries ${retried}, done after the restart ${result.doneAfterFault}, re-runs ${result.reruns}`,
-      );
+      await assertSurvivesRestart(t, db, url, () => bouncer.restart('SIGKILL'));
       await bouncer.destroy();
     },
   );
