@@ -2,7 +2,7 @@
 // code as `npm run chaos` (its run function, not a shell). Each run is bounded; together they
 // stay well under five minutes on a 2-core machine. PgBouncer rows are mandatory in CI.
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { faults } from '../../chaos/faults.js';
 import { runChaos } from '../../chaos/run.js';
 import { details, header, line } from '../../chaos/table.js';
@@ -35,4 +35,24 @@ describe(`chaos matrix, seed ${SEED} (npm run chaos -- --seed ${SEED} --files ${
       },
     );
   }
+});
+
+// Every run ends its servers, proxies, poolers and processes: name anything still open, so a
+// test process that does not exit says why.
+after(() => {
+  const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles();
+  const open = handles
+    .map((h) => {
+      const s = h as {
+        constructor?: { name?: string };
+        pid?: number;
+        remotePort?: number;
+        fd?: number;
+      };
+      if (s.fd === 0 || s.fd === 1 || s.fd === 2) return undefined; // stdio
+      return `${s.constructor?.name ?? 'handle'}${s.pid ? ` pid ${s.pid}` : ''}${s.remotePort ? ` port ${s.remotePort}` : ''}`;
+    })
+    .filter(Boolean);
+  if (open.length > 0)
+    process.stderr.write(`chaos test: still open after the runs: ${open.join(', ')}\n`);
 });
