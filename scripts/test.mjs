@@ -25,7 +25,17 @@ if (files.length === 0) process.exit(args.length > 0 ? 1 : 0);
 
 const child = spawn(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=2', ...files],
+  // A file whose tests are done must not hang the run on a handle left open (the chaos test
+  // names any it finds), and no single test may run past ten minutes.
+  [
+    '--import',
+    'tsx',
+    '--test',
+    '--test-concurrency=2',
+    '--test-force-exit',
+    '--test-timeout=600000',
+    ...files,
+  ],
   { stdio: 'inherit' },
 );
 // Ctrl-C reaches the child too: wait for its exit code rather than dying first.
