@@ -59,8 +59,9 @@ interface ExecutionRow {
   open: number;
 }
 
-export async function checkInvariants(admin: pg.Pool, expected: Expectation[]): Promise<Tally> {
-  const tally: Tally = {
+/** A run's counts before anything was counted (also what a run that never got going reports). */
+export function emptyTally(): Tally {
+  return {
     files: 0,
     completed: 0,
     error: 0,
@@ -73,6 +74,10 @@ export async function checkInvariants(admin: pg.Pool, expected: Expectation[]): 
     errorReasons: {},
     violations: [],
   };
+}
+
+export async function checkInvariants(admin: pg.Pool, expected: Expectation[]): Promise<Tally> {
+  const tally = emptyTally();
   const problems = new Map<string, string[]>();
   const flag = (what: string, example: string) => {
     const list = problems.get(what) ?? [];

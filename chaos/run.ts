@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startCluster, type Cluster } from './cluster.js';
 import type { Fault } from './faults.js';
-import { checkInvariants, type Expectation, type Tally } from './invariants.js';
+import { checkInvariants, emptyTally, type Expectation, type Tally } from './invariants.js';
 import { allTerminal, lastFinished, progress, workSpan } from './progress.js';
 import { random } from './random.js';
 import { submit } from './submit.js';
 import { waitFor, within } from './wait.js';
-import { summariseLogs, type LogSummary } from './worker-logs.js';
+import { emptyLogs, summariseLogs, type LogSummary } from './worker-logs.js';
 import { WorkerFleet } from './workers.js';
 import { createWorkload, defaultWorkload } from './workload.js';
 
@@ -151,33 +151,4 @@ export async function inspect(
     );
   }
   return { ...tally, logs, recoverySeconds };
-}
-
-function emptyLogs(): LogSummary {
-  return {
-    retries: {},
-    giveUps: 0,
-    requeued: 0,
-    ended: 0,
-    fencedOff: 0,
-    leaseLost: 0,
-    idleLost: 0,
-    violations: [],
-  };
-}
-
-function emptyTally(): Tally {
-  return {
-    files: 0,
-    completed: 0,
-    error: 0,
-    stuck: 0,
-    lost: 0,
-    duplicated: 0,
-    reruns: 0,
-    twins: 0,
-    permanentReattempts: 0,
-    errorReasons: {},
-    violations: [],
-  };
 }

@@ -27,8 +27,8 @@ interface Line {
   ended?: number;
 }
 
-export async function summariseLogs(files: string[]): Promise<LogSummary> {
-  const summary: LogSummary = {
+export function emptyLogs(): LogSummary {
+  return {
     retries: {},
     giveUps: 0,
     requeued: 0,
@@ -38,6 +38,10 @@ export async function summariseLogs(files: string[]): Promise<LogSummary> {
     idleLost: 0,
     violations: [],
   };
+}
+
+export async function summariseLogs(files: string[]): Promise<LogSummary> {
+  const summary = emptyLogs();
   const permanentRetries: string[] = [];
   const permanentErrors: string[] = [];
   for (const file of files) {

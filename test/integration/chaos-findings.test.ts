@@ -23,6 +23,7 @@ import { Worker } from '../../src/engine/worker.js';
 import { Unstuck } from '../../src/unstuck.js';
 import { parseWorkflow, resolveWorkflow } from '../../src/workflow/definition.js';
 import { testDatabase, testLog, waitFor } from '../harness/db.js';
+import { seedExecution } from '../harness/seed-execution.js';
 import { FaultProxy } from '../harness/fault-proxy.js';
 import { sharedTestServer, type TestServer } from '../harness/server.js';
 
@@ -43,27 +44,6 @@ async function freshDatabase(): Promise<Database> {
   closers.push(() => db.close());
   await migrate(db);
   return db;
-}
-
-/** An execution of `files` PENDING files, written straight into the tables. */
-async function seedExecution(db: Database, files: number): Promise<string> {
-  const { rows } = await db.query<{ id: string }>(
-    `WITH org AS (SELECT id FROM unstuck.organizations WHERE name = 'default'),
-     w AS (
-       INSERT INTO unstuck.workflows (organization_id, name, definition, definition_hash)
-       SELECT id, 'chaos-finding', '{}', md5(random()::text) FROM org RETURNING id, organization_id
-     ), e AS (
-       INSERT INTO unstuck.workflow_executions (organization_id, workflow_id, total)
-       SELECT organization_id, id, $1 FROM w RETURNING id, organization_id
-     ), f AS (
-       INSERT INTO unstuck.file_executions
-         (organization_id, execution_id, path, size_bytes, max_attempts, lease_seconds)
-       SELECT e.organization_id, e.id, 'file-' || g, 10, 5, 30 FROM e, generate_series(1, $1) g
-     )
-     SELECT id::text FROM e`,
-    [files],
-  );
-  return rows[0]!.id;
 }
 
 function ok(file: HeldFile, result: unknown): Outcome {
@@ -103,7 +83,7 @@ async function results(db: Database, executionId: string) {
 describe('finishFiles with one file twice in a batch', () => {
   test('the same (file, attempt) twice: recorded once, and the rest of the batch with it', async () => {
     const db = await freshDatabase();
-    const executionId = await seedExecution(db, 3);
+    const executionId = await seedExecution(db, { files: 3, maxAttempts: 5 });
     const [a, b, c] = await claimFiles(db, 'w', 3, executionId);
     assert.ok(a && b && c);
     const report = await finishFiles(db, 'w', [
@@ -132,7 +112,7 @@ describe('finishFiles with one file twice in a batch', () => {
 
   test('two attempts of one file: only the attempt that holds the file is recorded', async () => {
     const db = await freshDatabase();
-    const executionId = await seedExecution(db, 1);
+    const executionId = await seedExecution(db, { files: 1, maxAttempts: 5 });
     const [first] = await claimFiles(db, 'w', 1, executionId);
     assert.ok(first);
     // The lease expires, a sweep gives the file attempt 2, and the same worker claims it again.

@@ -16,6 +16,7 @@ import {
 } from '../../src/engine/queue.js';
 import { sweep } from '../../src/engine/recovery.js';
 import { testDatabase, waitFor, withSeed } from '../harness/db.js';
+import { seedExecution } from '../harness/seed-execution.js';
 import { sharedTestServer, type TestServer } from '../harness/server.js';
 
 let server: TestServer;
@@ -44,35 +45,6 @@ function samePlace(db: Database, poolSize = 4): Database {
   const other = testDatabase(urls.get(db)!, { poolSize });
   opened.push(other);
   return other;
-}
-
-interface Seed {
-  files?: number;
-  maxAttempts?: number;
-  leaseSeconds?: number;
-}
-
-/** An execution with `files` PENDING file executions, written straight into the tables. */
-async function seedExecution(db: Database, seed: Seed = {}): Promise<string> {
-  const { files = 10, maxAttempts = 3, leaseSeconds = 30 } = seed;
-  const { rows } = await db.query<{ id: string }>(
-    `WITH org AS (SELECT id FROM unstuck.organizations WHERE name = 'default'),
-     w AS (
-       INSERT INTO unstuck.workflows (organization_id, name, definition, definition_hash)
-       SELECT id, 'state-test', '{}', md5(random()::text) FROM org RETURNING id, organization_id
-     ), e AS (
-       INSERT INTO unstuck.workflow_executions (organization_id, workflow_id, total)
-       SELECT organization_id, id, $1 FROM w RETURNING id, organization_id
-     ), f AS (
-       INSERT INTO unstuck.file_executions
-         (organization_id, execution_id, path, size_bytes, max_attempts, lease_seconds)
-       SELECT e.organization_id, e.id, 'file-' || lpad(g::text, 6, '0'), 10, $2, $3
-       FROM e, generate_series(1, $1) g
-     )
-     SELECT id::text FROM e`,
-    [files, maxAttempts, leaseSeconds],
-  );
-  return rows[0]!.id;
 }
 
 function ok(file: HeldFile, result: unknown = { path: file.id }): Outcome {
